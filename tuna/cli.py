@@ -1,0 +1,167 @@
+"""The ``tuna`` command: YAML config + dotted overrides + ``--print_config`` (jsonargparse, as in litgpt).
+
+    tuna train prob-rank --config experiments/embedded/prob_rank.yaml --optim.lr 2e-5
+    tuna train sft --print_config > my_sft.yaml
+
+Errors caused by input (bad records, missing files, unknown keys) print one line and exit with status 2;
+set ``TUNA_DEBUG=1`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from tuna.config import ModelConfig, OptimConfig, TrainerConfig
+from tuna.data import DataConfig
+from tuna.errors import TunaError
+from tuna.losses import LossConfig
+
+
+def _train(stage: str, **kw: Any) -> str:
+    from tuna.train import TrainConfig, run_training
+
+    return str(run_training(stage, TrainConfig(**kw)))
+
+
+def train_sft(
+    model: ModelConfig = ModelConfig(),
+    data: DataConfig = DataConfig(),
+    loss: LossConfig = LossConfig(rank_weight=0.0),
+    optim: OptimConfig = OptimConfig(lr=2e-5),
+    trainer: TrainerConfig = TrainerConfig(max_epochs=3),
+    out_dir: str = "runs/sft",
+    seed: int = 42,
+    resume: str | None = "auto",
+    export: bool = True,
+) -> str:
+    """Stage 0: supervised fine-tuning on gold (or top-ranked) responses.
+
+    Args:
+        model: The student.
+        data: Records and tokenisation.
+        loss: Loss knobs (SFT uses only the MLE term).
+        optim: AdamW and the LR schedule.
+        trainer: Lightning Trainer settings.
+        out_dir: Where checkpoints, TensorBoard logs and the exported model (out_dir/hf) go.
+        seed: Global seed.
+        resume: auto | a checkpoint path | null.
+        export: Write a save_pretrained folder at the end.
+    """
+    return _train("sft", **locals())
+
+
+def train_prob_rank(
+    model: ModelConfig = ModelConfig(),
+    data: DataConfig = DataConfig(),
+    loss: LossConfig = LossConfig(),
+    optim: OptimConfig = OptimConfig(lr=1e-5),
+    trainer: TrainerConfig = TrainerConfig(),
+    out_dir: str = "runs/prob_rank",
+    seed: int = 42,
+    resume: str | None = "auto",
+    export: bool = True,
+) -> str:
+    """Stage 1, probabilistic ranking (Tuna_p): learn a teacher's log-likelihood ranking.
+
+    Args:
+        model: The student (the SFT model).
+        data: Ranked sets from `tuna score`.
+        loss: The Tuna loss knobs.
+        optim: AdamW and the LR schedule (paper: 1e-5).
+        trainer: Lightning Trainer settings.
+        out_dir: Where checkpoints, TensorBoard logs and the exported model (out_dir/hf) go.
+        seed: Global seed.
+        resume: auto | a checkpoint path | null.
+        export: Write a save_pretrained folder at the end.
+    """
+    return _train("prob-rank", **locals())
+
+
+def train_context_rank(
+    model: ModelConfig = ModelConfig(),
+    data: DataConfig = DataConfig(),
+    loss: LossConfig = LossConfig(),
+    optim: OptimConfig = OptimConfig(lr=1e-6),
+    trainer: TrainerConfig = TrainerConfig(),
+    out_dir: str = "runs/context_rank",
+    seed: int = 42,
+    resume: str | None = "auto",
+    export: bool = True,
+) -> str:
+    """Stage 2, contextual ranking (Tuna from Tuna_p, Tuna_c from SFT): learn an LLM judge's ranking.
+
+    Args:
+        model: The student (Tuna_p, or the SFT model for Tuna_c).
+        data: Ranked sets from `tuna judge`.
+        loss: The Tuna loss knobs.
+        optim: AdamW and the LR schedule (paper: 1e-6).
+        trainer: Lightning Trainer settings.
+        out_dir: Where checkpoints, TensorBoard logs and the exported model (out_dir/hf) go.
+        seed: Global seed.
+        resume: auto | a checkpoint path | null.
+        export: Write a save_pretrained folder at the end.
+    """
+    return _train("context-rank", **locals())
+
+
+def import_records(fmt: str, path: str, out: str, limit: int | None = None) -> str:
+    """Convert Alpaca JSON/JSONL or the paper's released files into tuna records (JSONL).
+
+    Args:
+        fmt: alpaca | tuna-train | tuna-davinci | tuna-gpt4.
+        path: The input file.
+        out: The output JSONL.
+        limit: Keep the first n records.
+    """
+    from tuna.records import IMPORTERS, write_records
+
+    if fmt not in IMPORTERS:
+        raise TunaError(f"unknown format {fmt!r} ({' | '.join(IMPORTERS)})", field="fmt")
+    records = IMPORTERS[fmt](path)
+    if limit:
+        records = records[:limit]
+    write_records(out, records)
+    print(f"wrote {len(records)} records to {out}")
+    return out
+
+
+def commands() -> dict[str, Any]:
+    cmds: dict[str, Any] = {
+        "train": {"sft": train_sft, "prob-rank": train_prob_rank, "context-rank": train_context_rank},
+        "import": import_records,
+    }
+    # Commands of the other packages register themselves here (each module imports torch lazily).
+    for modname in ("tuna.feedback.commands", "evaluation.commands", "tuna.pipeline"):
+        try:
+            mod = __import__(modname, fromlist=["COMMANDS"])
+        except ModuleNotFoundError as e:
+            if e.name != modname:
+                raise
+            continue
+        cmds.update(mod.COMMANDS)
+    return cmds
+
+
+def main(argv: list[str] | None = None) -> Any:
+    from jsonargparse import CLI
+
+    logging.basicConfig(level=os.environ.get("TUNA_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return CLI(commands(), args=argv, as_positional=False, prog="tuna")
+    except TunaError as e:
+        if os.environ.get("TUNA_DEBUG"):
+            raise
+        print(f"tuna: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("tuna: interrupted; finished work is saved and a re-run resumes", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""``RankedCandidatesDataModule``: the one data module of all three stages.
+
+Each record becomes one prompt and S response *slots*: the ranked candidates best-first (ranking stages),
+plus the gold response in an extra slot when the MLE target is ``gold``; in ``sft`` mode one slot holding
+the gold response (or the top-ranked candidate).
+
+Tokenisation (with ``datasets``, cached on disk) encodes the prompt and each response **separately** and
+concatenates the ids, so the labels start exactly at the first response token (re-tokenising the prompt
+alone to find the boundary, as the released code does, can be off by one at the seam). The response gets
+the EOS token appended.
+
+Policies (documented in the README):
+
+* **Different N:** records keep all their candidates (``num_candidates`` caps them at the top k); a batch
+  pads to its largest N and the loss masks the missing slots, so a record with 3 candidates contributes its
+  3 pairs-distances and nothing else. A record with one candidate contributes only to the MLE term.
+* **Truncation:** no candidate is left without response tokens. If the prompt would leave fewer than
+  ``min_response_tokens`` for the response, the prompt is cut from the left (``overlong: truncate``; the
+  end of the prompt, where the instruction meets ``### Response:``, is kept) or the run stops with the
+  record named (``overlong: error``). Responses are then cut to fit ``max_length``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from tuna.errors import TunaError
+from tuna.prompts import TemplateName, prompt_has_special_tokens, render_prompt
+from tuna.records import Record, read_records
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    """Where the records are and how they become token batches."""
+
+    train_file: str = ""
+    """JSONL records (ranked sets for the ranking stages; gold or ranked records for SFT)."""
+    val_file: str | None = None
+    template: TemplateName = "alpaca"
+    """alpaca (the paper's), chat (the tokenizer's chat template) or raw."""
+    system_prompt: str | None = None
+    max_length: int = 512
+    min_response_tokens: int = 8
+    overlong: Literal["truncate", "error"] = "truncate"
+    num_candidates: int | None = None
+    """Keep at most the top k ranked candidates per record (None: all)."""
+    sft_target: Literal["gold", "best"] = "gold"
+    """SFT trains on the gold response, or on the top-ranked candidate when there is no gold."""
+    batch_size: int = 4
+    """Records per micro-batch (each with all its candidates)."""
+    shuffle: bool = True
+    length_grouped: bool = True
+    """Batch records of similar length together (less padding); the batch order is still shuffled."""
+    limit: int | None = None
+    """Use only the first n records (quick runs)."""
+    num_workers: int = 0
+    cache_dir: str | None = None
+    """Where tokenised datasets are cached (default: $TUNA_CACHE/datasets)."""
+
+
+# ----------------------------------------------------------------------------------------------- tokenising
+
+
+def tokenize_record(
+    rec: dict[str, Any],
+    tokenizer: Any,
+    cfg: DataConfig,
+    *,
+    mode: Literal["rank", "sft"],
+    with_gold: bool,
+) -> dict[str, Any]:
+    """One record → ``prompt_ids`` and ``responses`` (token ids incl. EOS), ``n_rank``, ``gold_slot``."""
+    prompt = render_prompt(
+        rec["instruction"], rec.get("input") or "", template=cfg.template, tokenizer=tokenizer,
+        system_prompt=cfg.system_prompt, prompt=rec.get("prompt"),
+    )
+    prompt_ids = tokenizer(prompt, add_special_tokens=not prompt_has_special_tokens(cfg.template) and rec.get("prompt") is None)["input_ids"]
+    eos = tokenizer.eos_token_id
+    texts: list[str]
+    if mode == "sft":
+        if cfg.sft_target == "gold" and rec.get("gold") is not None:
+            texts = [rec["gold"]]
+        else:
+            texts = [rec["candidates"][0]["text"]]
+        n_rank = 1
+    else:
+        cands = rec["candidates"][: cfg.num_candidates] if cfg.num_candidates else rec["candidates"]
+        texts = [c["text"] for c in cands]
+        n_rank = len(texts)
+        if with_gold and rec.get("gold") is not None:
+            texts.append(rec["gold"])
+    responses = [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
+
+    room = cfg.max_length - cfg.min_response_tokens
+    truncated = False
+    if len(prompt_ids) > room:
+        if cfg.overlong == "error":
+            raise TunaError(
+                f"prompt has {len(prompt_ids)} tokens; with max_length={cfg.max_length} and "
+                f"min_response_tokens={cfg.min_response_tokens} at most {room} fit (set data.overlong=truncate or raise max_length)",
+                field=f"record {rec['id']}",
+            )
+        prompt_ids = prompt_ids[len(prompt_ids) - room :]
+        truncated = True
+    budget = cfg.max_length - len(prompt_ids)
+    if any(len(r) > budget for r in responses):
+        truncated = True
+    responses = [r[:budget] for r in responses]
+    return {
+        "id": rec["id"],
+        "prompt_ids": prompt_ids,
+        "responses": responses,
+        "n_rank": n_rank,
+        "gold_slot": n_rank if (mode == "rank" and with_gold and rec.get("gold") is not None) else -1,
+        "truncated": truncated,
+        "length": len(prompt_ids) + max(len(r) for r in responses),
+    }
+
+
+def _fingerprint(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:20]
+
+
+def _tokenizer_fingerprint(tokenizer: Any) -> str:
+    vocab = tokenizer.get_vocab()
+    return _fingerprint(type(tokenizer).__name__, len(vocab), sorted(vocab.items())[:: max(1, len(vocab) // 500)],
+                        getattr(tokenizer, "chat_template", None), tokenizer.eos_token_id, tokenizer.bos_token_id)
+
+
+def tokenize_records(
+    records: list[Record], tokenizer: Any, cfg: DataConfig, *, mode: Literal["rank", "sft"], with_gold: bool,
+    source: str = "<memory>",
+):
+    """Tokenise with ``datasets`` and cache the result on disk, keyed by records, tokenizer and settings."""
+    import datasets
+
+    from tuna.models import cache_root
+
+    datasets.disable_progress_bars()
+    rows = [r.model_dump(include={"id", "instruction", "input", "candidates", "gold", "prompt"}) for r in records]
+    for row in rows:
+        row["candidates"] = [{"text": c["text"]} for c in row["candidates"]]
+    key = _fingerprint(rows, _tokenizer_fingerprint(tokenizer), asdict(cfg) | {"train_file": None, "val_file": None,
+                       "batch_size": None, "shuffle": None, "limit": None}, mode, with_gold)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else cache_root() / "datasets"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_file = cache_dir / f"tok-{key}.arrow"
+    ds = datasets.Dataset.from_list(rows)
+
+    def fn(rec: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return tokenize_record(rec, tokenizer, cfg, mode=mode, with_gold=with_gold)
+        except TunaError as e:
+            raise TunaError(str(e), path=source) from None
+
+    out = ds.map(fn, remove_columns=ds.column_names, cache_file_name=str(cache_file), load_from_cache_file=True,
+                 desc="tokenising", new_fingerprint=key)
+    n_trunc = sum(out["truncated"])
+    if n_trunc:
+        log.warning("%d of %d records were truncated to max_length=%d", n_trunc, len(out), cfg.max_length)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- batching
+
+
+def collate_padded(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """[B, S, T] right-padded layout: every slot holds prompt + response; prompt and padding labels are -100.
+
+    ``rank_mask [B, S]`` marks ranked candidates, ``gold_mask [B, S]`` the gold slot."""
+    b = len(items)
+    s = max(len(it["responses"]) for it in items)
+    t = max(len(it["prompt_ids"]) + len(r) for it in items for r in it["responses"])
+    input_ids = torch.full((b, s, t), pad_id, dtype=torch.long)
+    labels = torch.full((b, s, t), -100, dtype=torch.long)
+    attn = torch.zeros((b, s, t), dtype=torch.long)
+    rank_mask = torch.zeros((b, s), dtype=torch.bool)
+    gold_mask = torch.zeros((b, s), dtype=torch.bool)
+    real = 0
+    for i, it in enumerate(items):
+        p = it["prompt_ids"]
+        for k, r in enumerate(it["responses"]):
+            seq = p + r
+            input_ids[i, k, : len(seq)] = torch.tensor(seq)
+            labels[i, k, len(p) : len(seq)] = torch.tensor(r)
+            attn[i, k, : len(seq)] = 1
+            real += len(seq)
+        rank_mask[i, : it["n_rank"]] = True
+        if it["gold_slot"] >= 0:
+            gold_mask[i, it["gold_slot"]] = True
+    return {
+        "ids": [it["id"] for it in items],
+        "input_ids": input_ids,
+        "attention_mask": attn,
+        "labels": labels,
+        "rank_mask": rank_mask,
+        "gold_mask": gold_mask,
+        "num_real_tokens": torch.tensor(real),
+        "num_slot_tokens": torch.tensor(int(sum(len(it["responses"]) for it in items) * t)),
+    }
+
+
+class EpochBatchSampler:
+    """Deterministic batches per (seed, epoch): optional shuffling and length grouping, sharded over DDP ranks,
+    and a one-shot ``skip`` so a run resumed mid-epoch continues with exactly the batches it had not seen."""
+
+    def __init__(self, lengths: list[int], batch_size: int, *, shuffle: bool, length_grouped: bool, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        self.lengths, self.batch_size = lengths, batch_size
+        self.shuffle, self.length_grouped, self.seed = shuffle, length_grouped, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _all_batches(self) -> list[list[int]]:
+        idx = list(range(len(self.lengths)))
+        rng = random.Random(self.seed + self.epoch)
+        if self.shuffle:
+            rng.shuffle(idx)
+        if self.length_grouped:
+            group = self.batch_size * 16
+            idx = [i for g in range(0, len(idx), group) for i in sorted(idx[g : g + group], key=lambda j: -self.lengths[j])]
+        batches = [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+        if self.shuffle and self.length_grouped:
+            rng.shuffle(batches)
+        per_rank = math.ceil(len(batches) / self.world_size)
+        batches = batches + batches[: per_rank * self.world_size - len(batches)]  # equal count on every rank
+        return batches[self.rank :: self.world_size]
+
+    def __iter__(self):
+        batches = self._all_batches()
+        skip, self._skip = self._skip, 0
+        yield from batches[skip:]
+
+    def __len__(self) -> int:
+        return math.ceil(math.ceil(len(self.lengths) / self.batch_size) / self.world_size)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position Lightning stores in checkpoints (``state_dict``), for exact mid-epoch resume."""
+
+    progress_fn: Any = None
+
+    def state_dict(self) -> dict[str, int]:
+        done = int(self.progress_fn()) if self.progress_fn else 0
+        return {"epoch": self.batch_sampler.epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("epoch") == self.batch_sampler.epoch:
+            self.batch_sampler._skip = int(state.get("batches_done", 0))
+
+
+class RankedCandidatesDataModule(L.LightningDataModule):
+    def __init__(self, cfg: DataConfig, tokenizer: Any, *, mode: Literal["rank", "sft"] = "rank", with_gold: bool = False,
+                 seed: int = 0):
+        super().__init__()
+        self.cfg, self.tokenizer, self.mode, self.with_gold, self.seed = cfg, tokenizer, mode, with_gold, seed
+        self.train_ds = self.val_ds = None
+
+    def _load(self, path: str):
+        records = read_records(path, kind="ranked" if self.mode == "rank" else "any")
+        if self.cfg.limit:
+            records = records[: self.cfg.limit]
+        if self.mode == "sft":
+            for r in records:
+                if r.gold is None and r.ranking is None:
+                    raise TunaError("SFT needs a gold response or a ranked set", path=path, field=f"record {r.id}: gold")
+        if self.with_gold:
+            missing = [r.id for r in records if r.gold is None]
+            if missing:
+                raise TunaError(f"loss.mle_target=gold but {len(missing)} record(s) have no gold (first: {missing[0]})",
+                                path=path, field="gold")
+        return tokenize_records(records, self.tokenizer, self.cfg, mode=self.mode, with_gold=self.with_gold, source=path)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_ds is None:
+            if not self.cfg.train_file:
+                raise TunaError("no training data given", field="data.train_file")
+            self.train_ds = self._load(self.cfg.train_file)
+        if self.val_ds is None and self.cfg.val_file:
+            self.val_ds = self._load(self.cfg.val_file)
+
+    def _loader(self, ds, *, train: bool) -> DataLoader:
+        trainer = self.trainer
+        rank = trainer.global_rank if trainer is not None else 0
+        world = trainer.world_size if trainer is not None else 1
+        sampler = EpochBatchSampler(
+            list(ds["length"]), self.cfg.batch_size, shuffle=self.cfg.shuffle and train,
+            length_grouped=self.cfg.length_grouped, seed=self.seed, rank=rank, world_size=world,
+        )
+        pad = self.tokenizer.pad_token_id
+        items = ds.with_format(None)
+        loader = ResumableDataLoader(
+            items, batch_sampler=sampler, collate_fn=lambda b: collate_padded(b, pad), num_workers=self.cfg.num_workers,
+        )
+        if train and trainer is not None:
+            loader.progress_fn = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return loader
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_ds, train=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_ds, train=False) if self.val_ds is not None else []

@@ -1,0 +1,145 @@
+"""The LightningModule shared by all three stages: forward over N candidates, the Tuna loss, logging."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+from tuna.config import ModelConfig, OptimConfig
+from tuna.errors import TunaError
+from tuna.forward import response_token_logprobs
+from tuna.losses import LossConfig, pair_accuracy, tuna_loss
+
+
+class TunaModule(L.LightningModule):
+    """Student + Tuna loss. Subclasses differ only in defaults and in what data they read."""
+
+    data_mode = "rank"
+    default_lr = 1e-5
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        loss_cfg: LossConfig,
+        optim_cfg: OptimConfig,
+        *,
+        tokenizer: Any = None,
+        model: Any = None,
+        nonfinite: str = "stop",
+    ):
+        super().__init__()
+        self.model_cfg, self.loss_cfg, self.optim_cfg = model_cfg, loss_cfg, optim_cfg
+        self.tokenizer = tokenizer
+        self.model = model
+        self.nonfinite = nonfinite
+        self._t0: float | None = None
+        self.save_hyperparameters(
+            {"model": vars(model_cfg) | {"lora": vars(model_cfg.lora) if model_cfg.lora else None},
+             "loss": vars(loss_cfg), "optim": vars(optim_cfg), "stage": type(self).__name__}
+        )
+
+    # ------------------------------------------------------------------------------------------- model
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        from tuna.models import load_model
+
+        self.model = load_model(self.model_cfg.name_or_path, dtype=self.model_cfg.dtype, tokenizer=self.tokenizer,
+                                attn_implementation=self.model_cfg.attn_implementation)
+        self._prepare_model()
+
+    def _prepare_model(self) -> None:
+        if self.model_cfg.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.config.use_cache = False
+        if self.model_cfg.lora is not None:
+            from peft import LoraConfig as PeftLora
+            from peft import get_peft_model
+
+            lc = self.model_cfg.lora
+            self.model = get_peft_model(self.model, PeftLora(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                                             target_modules=lc.target_modules, task_type="CAUSAL_LM"))
+            if self.model_cfg.gradient_checkpointing:
+                self.model.enable_input_require_grads()
+
+    # ------------------------------------------------------------------------------------------- steps
+
+    def compute(self, batch: dict[str, torch.Tensor]):
+        logps, mask = response_token_logprobs(self.model, batch, mode=self.model_cfg.logprob_mode)
+        return tuna_loss(logps, mask, batch["rank_mask"], batch.get("gold_mask"), self.loss_cfg)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._t0 = time.perf_counter()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
+        out = self.compute(batch)
+        if not torch.isfinite(out.loss):
+            ids = batch.get("ids")
+            msg = (f"non-finite loss ({out.loss.item()}: rank={out.rank.item()}, mle={out.mle.item()}) at step "
+                   f"{self.global_step}, batch {batch_idx}, records {ids}")
+            if self.nonfinite == "skip":
+                self.print(f"tuna: skipping batch: {msg}")
+                self.log("train/skipped_batches", 1.0, reduce_fx="sum", on_step=True)
+                return None
+            raise TunaError(msg + " (set trainer.nonfinite=skip to skip such batches)")
+        self._log_step(batch, out)
+        return out.loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self.compute(batch)
+        n = batch["input_ids"].shape[0]
+        self.log_dict({"val/loss": out.loss, "val/loss_rank": out.rank, "val/loss_mle": out.mle,
+                       "val/pair_acc": pair_accuracy(out.scores.detach(), out.rank_mask)}, batch_size=n, sync_dist=True)
+
+    def _log_step(self, batch: dict[str, torch.Tensor], out: Any) -> None:
+        n = batch["input_ids"].shape[0]
+        metrics = {"train/loss": out.loss.detach(), "train/loss_rank": out.rank.detach(), "train/loss_mle": out.mle.detach()}
+        scores = out.scores.detach()
+        if scores.shape[1] > 1:
+            metrics["train/pair_acc"] = pair_accuracy(scores, out.rank_mask)
+        for k in range(scores.shape[1]):
+            valid = out.rank_mask[:, k]
+            if valid.any():
+                metrics[f"train/score_rank{k}"] = scores[valid, k].mean()
+        real = batch["num_real_tokens"].float()
+        slots = batch["num_slot_tokens"].float()
+        metrics["train/padding_share"] = 1.0 - real / slots.clamp_min(1.0)
+        self.log_dict(metrics, batch_size=n, on_step=True, prog_bar=False)
+        self.log("loss", out.loss.detach(), prog_bar=True, batch_size=n, logger=False)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # after backward and the optimizer step: tokens/s of the whole training step
+        if self._t0 is None or outputs is None:
+            return
+        dt = time.perf_counter() - self._t0
+        real = float(batch["num_real_tokens"])
+        slots = float(batch["num_slot_tokens"])
+        self.log_dict({"train/tokens_per_s": real / dt, "train/slot_tokens_per_s": slots / dt}, on_step=True,
+                      batch_size=batch["input_ids"].shape[0])
+
+    # ------------------------------------------------------------------------------------------- optim
+
+    def configure_optimizers(self):
+        oc = self.optim_cfg
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer is not None else 1
+        warm = max(0, oc.warmup_steps)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / (warm + 1)
+            if oc.schedule == "constant":
+                return 1.0
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+            if oc.schedule == "linear":
+                return 1.0 - progress
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,180 @@
+"""``tuna train``: build the stage module, the data module and Lightning's Trainer from one config, fit,
+and export a Hugging Face folder that plain transformers reloads."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuna.config import ModelConfig, OptimConfig, TrainerConfig
+from tuna.data import DataConfig
+from tuna.errors import TunaError
+from tuna.losses import LossConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """One training stage."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    out_dir: str = "runs/train"
+    """Checkpoints, TensorBoard logs and the exported model (``out_dir/hf``) go here."""
+    seed: int = 42
+    resume: str | None = "auto"
+    """auto: continue from out_dir/checkpoints/last.ckpt when it exists; a path; or null to start fresh."""
+    export: bool = True
+
+
+def _strategy(tc: TrainerConfig, model_ref: str) -> Any:
+    if tc.strategy == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return FSDPStrategy(auto_wrap_policy=_decoder_layer_classes(model_ref), state_dict_type="full",
+                            sharding_strategy="FULL_SHARD")
+    if tc.strategy == "deepspeed":
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise TunaError("trainer.strategy=deepspeed needs the optional extra: pip install 'tuna[deepspeed]'") from None
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        return DeepSpeedStrategy(stage=tc.deepspeed_stage)
+    if tc.strategy == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(process_group_backend="gloo" if tc.accelerator == "cpu" else None)
+    return tc.strategy
+
+
+def _decoder_layer_classes(model_ref: str) -> set[type]:
+    """The transformer block classes FSDP wraps one by one (from the architecture's ``_no_split_modules``)."""
+    import importlib
+
+    import transformers
+    from transformers import AutoConfig
+
+    from tuna.models import TINY_NAME, resolve
+
+    if model_ref == TINY_NAME:
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+        return {LlamaDecoderLayer}
+    cfg = AutoConfig.from_pretrained(resolve(model_ref))
+    classes = set()
+    for arch in cfg.architectures or []:
+        cls = getattr(transformers, arch, None)
+        if cls is None:
+            continue
+        mod = importlib.import_module(cls.__module__)
+        for name in getattr(cls, "_no_split_modules", None) or []:
+            if hasattr(mod, name):
+                classes.add(getattr(mod, name))
+    if not classes:
+        raise TunaError(f"cannot find the decoder layer class of {model_ref!r} for FSDP wrapping")
+    return classes
+
+
+def run_training(stage: str, cfg: TrainConfig) -> Path:
+    """Train one stage; returns the exported HF folder (or the out_dir when export is off)."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from tuna.data import RankedCandidatesDataModule
+    from tuna.models import load_tokenizer
+    from tuna.stages import STAGES
+
+    if stage not in STAGES:
+        raise TunaError(f"unknown stage {stage!r} ({' | '.join(STAGES)})")
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    module_cls = STAGES[stage]
+    loss_cfg = cfg.loss
+    if module_cls.data_mode == "sft":
+        loss_cfg = LossConfig(**{**asdict(cfg.loss), "rank_weight": 0.0, "mle_target": "all"})
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    dm = RankedCandidatesDataModule(cfg.data, tokenizer, mode=module_cls.data_mode,
+                                    with_gold=loss_cfg.mle_target == "gold", seed=cfg.seed)
+    module = module_cls(cfg.model, loss_cfg, cfg.optim, tokenizer=tokenizer, nonfinite=cfg.trainer.nonfinite)
+
+    tc = cfg.trainer
+    callbacks: list[Any] = []
+    ckpt_dir = out / "checkpoints"
+    callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step:06d}", save_last=True, save_top_k=1,
+                                     every_n_train_steps=tc.checkpoint_every_n_steps or None,
+                                     save_on_train_epoch_end=True))
+    trainer = L.Trainer(
+        accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes, strategy=_strategy(tc, cfg.model.name_or_path),
+        precision=tc.precision, max_epochs=tc.max_epochs, max_steps=tc.max_steps,
+        accumulate_grad_batches=tc.accumulate_grad_batches, gradient_clip_val=tc.gradient_clip_val,
+        log_every_n_steps=tc.log_every_n_steps, val_check_interval=tc.val_check_interval,
+        logger=TensorBoardLogger(save_dir=str(out), name="tensorboard", version=""), callbacks=callbacks,
+        use_distributed_sampler=False, enable_model_summary=False, num_sanity_val_steps=0,
+        enable_progress_bar=os.environ.get("TUNA_PROGRESS", "1") != "0",
+    )
+    ckpt_path = None
+    if cfg.resume == "auto":
+        last = ckpt_dir / "last.ckpt"
+        ckpt_path = str(last) if last.exists() else None
+    elif cfg.resume:
+        if not Path(cfg.resume).exists():
+            raise TunaError("checkpoint to resume from does not exist", path=cfg.resume, field="resume")
+        ckpt_path = cfg.resume
+    t0 = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    wall = time.time() - t0
+    result = out
+    if cfg.export:
+        result = export_stage_model(trainer, module, tokenizer, out / "hf", cfg.trainer.strategy)
+    if trainer.is_global_zero:
+        summary = {"stage": stage, "wall_s": round(wall, 2), "global_step": trainer.global_step,
+                   "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+                   "hf_dir": str(out / "hf") if cfg.export else None}
+        from tuna.records import atomic_write_json
+
+        atomic_write_json(out / "train_summary.json", summary)
+        log.info("trained %s in %.1fs: %s", stage, wall, json.dumps(summary["metrics"]))
+    return result
+
+
+def export_stage_model(trainer: Any, module: Any, tokenizer: Any, out_dir: Path, strategy: str) -> Path:
+    """Gather the full weights (FSDP: full state dict on rank 0) and ``save_pretrained`` them."""
+    from tuna.models import export_hf
+
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        cfg = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+        with FSDP.state_dict_type(module.model, StateDictType.FULL_STATE_DICT, cfg):
+            state = module.model.state_dict()
+        if trainer.is_global_zero:
+            from tuna.models import load_model
+
+            plain = load_model(module.model_cfg.name_or_path, tokenizer=tokenizer)
+            plain.load_state_dict(state, strict=False)
+            export_hf(plain, tokenizer, out_dir)
+    elif trainer.is_global_zero:
+        model = module.model
+        if module.model_cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
+            model.gradient_checkpointing_disable()
+        model.config.use_cache = True
+        export_hf(model, tokenizer, out_dir)
+    trainer.strategy.barrier()
+    return out_dir
