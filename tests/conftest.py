@@ -1,0 +1,63 @@
+"""Shared fixtures. Real data comes from ../shared/data (or $TUNA_SHARED_DATA); it is never copied here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TUNA_PROGRESS", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TUNA_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"real data not found at {SHARED_DATA} (set TUNA_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smol_dir() -> str:
+    """The embedded SmolLM2-135M-Instruct, converted once to a cached HF folder (~20 s the first time)."""
+    from tuna.models import resolve
+
+    return resolve("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(smol_dir):
+    from tuna.models import load_tokenizer
+
+    return load_tokenizer(smol_dir)
+
+
+@pytest.fixture()
+def tiny_model(smol_tokenizer):
+    from tuna.models import tiny_model
+
+    return tiny_model(smol_tokenizer, seed=0)
+
+
+@pytest.fixture(scope="session")
+def vicuna_ranked(shared_data, tmp_path_factory) -> Path:
+    """16 real Vicuna questions, each with 4 real answers from different models, in file order as a ranking
+    (a stand-in ranking for mechanics tests; `tuna score`/`tuna judge` make real ones)."""
+    from tuna.records import Ranking, import_vicuna_answers, write_records
+
+    recs = import_vicuna_answers(shared_data / "vicuna_qa/old_eval_answers.jsonl.gz", shared_data / "vicuna_qa/question.jsonl")
+    out = []
+    for r in recs[:16]:
+        r.candidates = r.candidates[:4]
+        for k, c in enumerate(r.candidates):
+            c.score = -float(k)
+        r.ranking = Ranking(by="import", method="file order")
+        out.append(r)
+    path = tmp_path_factory.mktemp("data") / "vicuna_ranked.jsonl"
+    write_records(path, out)
+    return path
