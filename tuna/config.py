@@ -31,8 +31,9 @@ class ModelConfig:
     """Weight dtype at load time (keep float32 with *-mixed precision)."""
     gradient_checkpointing: bool = False
     lora: LoraConfig | None = None
-    logprob_mode: Literal["full", "chunked"] = "chunked"
-    """How response log-probs are computed: chunked (response positions only) or full (released code)."""
+    logprob_mode: Literal["full", "chunked", "packed", "prefix_shared"] = "chunked"
+    """How response log-probs are computed: chunked (response positions only), full (released code), packed (no
+    padding between candidates) or prefix_shared (packed, and each record's prompt computed once); see tuna.packing."""
     attn_implementation: str | None = None
     """e.g. sdpa, eager, flash_attention_2 (None: the transformers default)."""
 

@@ -226,10 +226,13 @@ class EpochBatchSampler:
         self.shuffle, self.length_grouped, self.seed = shuffle, length_grouped, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self._skip = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already trained on)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        self._resume = (epoch, batches_done)
 
     def _all_batches(self) -> list[list[int]]:
         idx = list(range(len(self.lengths)))
@@ -248,25 +251,14 @@ class EpochBatchSampler:
 
     def __iter__(self):
         batches = self._all_batches()
-        skip, self._skip = self._skip, 0
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            skip = self._resume[1]
+        self._resume = None
         yield from batches[skip:]
 
     def __len__(self) -> int:
         return math.ceil(math.ceil(len(self.lengths) / self.batch_size) / self.world_size)
-
-
-class ResumableDataLoader(DataLoader):
-    """A DataLoader whose position Lightning stores in checkpoints (``state_dict``), for exact mid-epoch resume."""
-
-    progress_fn: Any = None
-
-    def state_dict(self) -> dict[str, int]:
-        done = int(self.progress_fn()) if self.progress_fn else 0
-        return {"epoch": self.batch_sampler.epoch, "batches_done": done}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if state.get("epoch") == self.batch_sampler.epoch:
-            self.batch_sampler._skip = int(state.get("batches_done", 0))
 
 
 class RankedCandidatesDataModule(L.LightningDataModule):
@@ -275,6 +267,8 @@ class RankedCandidatesDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg, self.tokenizer, self.mode, self.with_gold, self.seed = cfg, tokenizer, mode, with_gold, seed
         self.train_ds = self.val_ds = None
+        self._resume: dict[str, int] | None = None
+        self._train_sampler: EpochBatchSampler | None = None
 
     def _load(self, path: str):
         records = read_records(path, kind="ranked" if self.mode == "rank" else "any")
@@ -307,14 +301,25 @@ class RankedCandidatesDataModule(L.LightningDataModule):
             list(ds["length"]), self.cfg.batch_size, shuffle=self.cfg.shuffle and train,
             length_grouped=self.cfg.length_grouped, seed=self.seed, rank=rank, world_size=world,
         )
+        if train:
+            self._train_sampler = sampler
+            if self._resume is not None:
+                sampler.resume_at(self._resume["epoch"], self._resume["batches_done"])
         pad = self.tokenizer.pad_token_id
-        items = ds.with_format(None)
-        loader = ResumableDataLoader(
-            items, batch_sampler=sampler, collate_fn=lambda b: collate_padded(b, pad), num_workers=self.cfg.num_workers,
-        )
-        if train and trainer is not None:
-            loader.progress_fn = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return loader
+        return DataLoader(ds.with_format(None), batch_sampler=sampler, collate_fn=lambda b: collate_padded(b, pad),
+                          num_workers=self.cfg.num_workers)
+
+    # Exact mid-epoch resume: Lightning stores this in every checkpoint and gives it back before the loaders
+    # are built; the batch sampler then skips the batches of the current epoch that were already trained on.
+    def state_dict(self) -> dict[str, int]:
+        trainer = self.trainer
+        if trainer is None or self._train_sampler is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": int(trainer.current_epoch), "batches_done": int(done)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = dict(state) if state else None
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_ds, train=True)

@@ -1,10 +1,14 @@
 """From a batch of [B, S, T] slots to per-token response log-probs, the way the loss needs them.
 
-Two modes, tested equal (``tests/test_forward.py``):
+Four modes, tested equal (``tests/test_forward.py``, ``tests/test_perf_equivalence.py``):
 
 * ``full``: the released code's way: logits for every position, a full-vocabulary log-softmax, gather.
 * ``chunked`` (default): run the decoder, keep the hidden states of response positions only, and apply the
   LM head to those in chunks with a fused ``logit[y] − logsumexp`` (no ``[B·S, T, V]`` tensors at all).
+
+* ``packed`` / ``prefix_shared``: no padding between candidates (``tuna.packing``): sequences packed into rows
+  with per-sequence positions and a block-diagonal causal 4-D mask; ``prefix_shared`` also computes each
+  record's prompt once (its responses attend to it and to themselves only). Both use the chunked LM head.
 
 Slots that hold no sequence (records with fewer candidates than the batch's largest) are skipped.
 """
@@ -17,7 +21,7 @@ import torch
 
 from tuna.losses import reference_token_logprobs
 
-LogprobMode = Literal["full", "chunked"]
+LogprobMode = Literal["full", "chunked", "packed", "prefix_shared"]
 
 
 def _causal_lm(model: Any) -> Any:
@@ -50,6 +54,10 @@ def response_token_logprobs(
     model: Any, batch: dict[str, torch.Tensor], *, mode: LogprobMode = "chunked", chunk_tokens: int = 2048
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(token_logps, token_mask)`` of shape [B, S, T-1] for the padded slot layout of ``collate_padded``."""
+    if mode in ("packed", "prefix_shared"):
+        from tuna.packing import packed_response_logprobs
+
+        return packed_response_logprobs(model, batch, mode=mode, chunk_tokens=chunk_tokens)
     input_ids, attn, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     b, s, t = input_ids.shape
     flat_ids, flat_attn, flat_labels = input_ids.view(b * s, t), attn.view(b * s, t), labels.view(b * s, t)
@@ -68,7 +76,7 @@ def response_token_logprobs(
         logps_live = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device)
         logps_live = logps_live.masked_scatter(mask, picked)
     else:
-        raise ValueError(f"unknown logprob mode {mode!r} (full | chunked)")
+        raise ValueError(f"unknown logprob mode {mode!r} (full | chunked | packed | prefix_shared)")
     logps = torch.zeros((b * s, t - 1), dtype=logps_live.dtype, device=logps_live.device)
     logps = logps.index_copy(0, live, logps_live)
     full_mask = torch.zeros((b * s, t - 1), dtype=torch.bool, device=mask.device).index_copy(0, live, mask)

@@ -85,8 +85,10 @@ def _decoder_layer_classes(model_ref: str) -> set[type]:
     return classes
 
 
-def run_training(stage: str, cfg: TrainConfig) -> Path:
-    """Train one stage; returns the exported HF folder (or the out_dir when export is off)."""
+def run_training(stage: str, cfg: TrainConfig, *, callbacks: list[Any] | None = None) -> Path:
+    """Train one stage; returns the exported HF folder (or the out_dir when export is off).
+
+    ``callbacks`` are extra Lightning callbacks (tests use them to interrupt a run)."""
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -114,7 +116,7 @@ def run_training(stage: str, cfg: TrainConfig) -> Path:
     module = module_cls(cfg.model, loss_cfg, cfg.optim, tokenizer=tokenizer, nonfinite=cfg.trainer.nonfinite)
 
     tc = cfg.trainer
-    callbacks: list[Any] = []
+    callbacks = list(callbacks or [])
     ckpt_dir = out / "checkpoints"
     callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step:06d}", save_last=True, save_top_k=1,
                                      every_n_train_steps=tc.checkpoint_every_n_steps or None,
@@ -143,7 +145,7 @@ def run_training(stage: str, cfg: TrainConfig) -> Path:
     if cfg.export:
         result = export_stage_model(trainer, module, tokenizer, out / "hf", cfg.trainer.strategy)
     if trainer.is_global_zero:
-        summary = {"stage": stage, "wall_s": round(wall, 2), "global_step": trainer.global_step,
+        summary = {"stage": stage, "wall_s": round(wall, 2), "global_step": trainer.global_step, "world_size": trainer.world_size,
                    "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
                    "hf_dir": str(out / "hf") if cfg.export else None}
         from tuna.records import atomic_write_json

@@ -1,0 +1,326 @@
+"""Sampling N responses per prompt from a model: a local Hugging Face model, an OpenAI-compatible server, or vLLM.
+
+Every backend takes fully rendered prompt strings (render them with :func:`tuna.prompts.render_prompt`) and
+returns ``len(prompts)`` lists of ``params.n`` :class:`Generation` objects.
+
+Log-probs (``params.logprobs``) are the model's *raw* per-token log-probs of the sampled tokens (log_softmax of
+the unprocessed logits, not of the temperature/top-p-warped distribution), which is what teacher scoring needs.
+The HF backend includes the EOS token's log-prob when a sequence ends with EOS (as teacher-forced scoring
+does, because the training data appends EOS); OpenAI-compatible servers never report it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from tuna.errors import TunaError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SamplingParams:
+    n: int = 1
+    temperature: float = 1.0
+    """0 means greedy decoding."""
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+    logprobs: bool = False
+    stop: list[str] | None = None
+
+
+@dataclass
+class Generation:
+    text: str
+    token_logprobs: list[float] | None
+    num_tokens: int
+    finish_reason: str
+    """``stop`` (EOS or a stop string) or ``length``."""
+
+
+class Generator(Protocol):
+    name: str
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]: ...
+
+
+def _cut_at_stop(text: str, stop: list[str] | None) -> int | None:
+    """Position of the earliest stop string in ``text`` (None: no stop string present)."""
+    cuts = [text.find(s) for s in (stop or []) if s and s in text]
+    return min(cuts) if cuts else None
+
+
+# ----------------------------------------------------------------------------------------------- HF
+
+
+def torch_inference_mode() -> Callable:
+    """``torch.inference_mode`` as a decorator without importing torch at module import time."""
+
+    def deco(fn: Callable) -> Callable:
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            import torch
+
+            with torch.inference_mode():
+                return fn(*a, **kw)
+
+        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+        return wrapper
+
+    return deco
+
+
+
+
+@dataclass
+class HFGenerator:
+    """transformers ``generate`` with left padding; each prompt is encoded once and expanded to its n samples
+    (``num_return_sequences``). ``batch_size`` counts prompts, so a batch holds ``batch_size * n`` sequences."""
+
+    model: Any
+    tokenizer: Any = None
+    name: str = "hf"
+    device: str = "cpu"
+    dtype: str = "float32"
+    """Weights dtype: float32 | bfloat16 (bf16 weights are ~1.5x faster on CPUs with avx512_bf16)."""
+    batch_size: int = 8
+    add_special_tokens: bool | None = None
+    """None: add the tokenizer's BOS unless the prompt already starts with it (chat-rendered prompts do)."""
+    _loaded: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, str):
+            self.name = self.name if self.name != "hf" else self.model
+        self._load()
+
+    def _load(self) -> None:
+        import torch
+
+        from tuna.models import load_model, load_tokenizer
+
+        ref = self.model if isinstance(self.model, str) else None
+        if self.tokenizer is None:
+            if ref is None:
+                raise TunaError("HFGenerator needs a tokenizer when given a model object")
+            self.tokenizer = load_tokenizer(ref, padding_side="left")
+        self.tokenizer.padding_side = "left"
+        if ref is not None:
+            self.model = load_model(ref, dtype=self.dtype, tokenizer=self.tokenizer)
+        elif self.dtype != "float32":
+            self.model = self.model.to(getattr(torch, self.dtype))
+        self.model.to(self.device).eval()
+
+    def _encode(self, prompts: list[str]) -> dict[str, Any]:
+        tok = self.tokenizer
+        add = self.add_special_tokens
+        if add is None:
+            bos = tok.bos_token
+            add = not (bos and all(p.startswith(bos) for p in prompts))
+        return tok(prompts, return_tensors="pt", padding=True, add_special_tokens=add).to(self.device)
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
+        import torch
+
+        out: list[list[Generation]] = []
+        for b in range(0, len(prompts), self.batch_size):
+            # Seeded per batch from the caller's seed, so a resumed run samples the same way.
+            torch.manual_seed(params.seed + b)
+            out.extend(self._generate_batch(prompts[b : b + self.batch_size], params))
+        return out
+
+    @torch_inference_mode()
+    def _generate_batch(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
+        import torch
+
+        tok = self.tokenizer
+        enc = self._encode(prompts)
+        greedy = params.temperature <= 0
+        eos_ids = self.model.generation_config.eos_token_id
+        eos_set = set(eos_ids if isinstance(eos_ids, list) else [eos_ids if eos_ids is not None else tok.eos_token_id])
+        eos_set.discard(None)
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=params.max_new_tokens,
+            num_return_sequences=params.n,
+            do_sample=not greedy,
+            pad_token_id=tok.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=params.logprobs,
+        )
+        if greedy:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        if params.stop:
+            kwargs.update(stop_strings=params.stop, tokenizer=tok)
+        res = self.model.generate(**enc, **kwargs)
+        seqs = res.sequences[:, enc["input_ids"].shape[1] :]
+        lps = None
+        if params.logprobs:
+            # Raw (un-warped) log-probs of the chosen tokens, one decoding step at a time: never a [B, T, V] copy.
+            steps = [
+                torch.log_softmax(lg.float(), dim=-1).gather(-1, seqs[:, t : t + 1]).squeeze(-1)
+                for t, lg in enumerate(res.logits)
+            ]
+            lps = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(seqs.shape[0])]
+        rows = seqs.tolist()
+        gens: list[Generation] = []
+        for i, ids in enumerate(rows):
+            n_tok, finish = len(ids), "length"
+            for t, tid in enumerate(ids):
+                if tid in eos_set:
+                    n_tok, finish = t + 1, "stop"  # the EOS is part of the response (its log-prob counts)
+                    break
+            gen_ids = ids[:n_tok]
+            text_ids = gen_ids[:-1] if finish == "stop" else gen_ids
+            text = tok.decode(text_ids, skip_special_tokens=True)
+            cut = _cut_at_stop(text, params.stop)
+            if cut is not None:
+                # Keep the tokens that lie fully before the stop string.
+                keep = len(text_ids)
+                for k in range(1, len(text_ids) + 1):
+                    if len(tok.decode(text_ids[:k], skip_special_tokens=True)) > cut:
+                        keep = k - 1
+                        break
+                text, n_tok, finish = text[:cut], keep, "stop"
+            gens.append(Generation(text=text, token_logprobs=lps[i][:n_tok] if lps is not None else None,
+                                   num_tokens=n_tok, finish_reason=finish))
+        return [gens[j * params.n : (j + 1) * params.n] for j in range(len(prompts))]
+
+
+# ----------------------------------------------------------------------------------------------- OpenAI-compatible
+
+
+@dataclass
+class OpenAIGenerator:
+    """An OpenAI-compatible endpoint (OpenAI, llama.cpp server, vLLM server).
+
+    ``mode="completions"`` sends the prompt string; ``mode="chat"`` sends it as the user message. Servers that
+    ignore ``n`` (llama.cpp returns one choice) are topped up with extra single calls with seeds ``seed+k``.
+    The API key is read from the environment variable ``api_key_env`` only; it is never logged or written."""
+
+    model: str
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    mode: str = "completions"
+    concurrency: int = 4
+    max_retries: int = 6
+    timeout: float = 120.0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        from openai import OpenAI
+
+        if self.mode not in ("completions", "chat"):
+            raise TunaError(f"unknown mode {self.mode!r} (completions | chat)", field="mode")
+        key = os.environ.get(self.api_key_env)
+        if not key and self.base_url is None:
+            raise TunaError(f"environment variable {self.api_key_env} is not set (needed for the OpenAI API)")
+        self.name = self.name or self.model
+        # The client retries 429 (honouring Retry-After), 5xx, timeouts and connection errors with back-off.
+        self.client = OpenAI(base_url=self.base_url, api_key=key or "none", max_retries=self.max_retries, timeout=self.timeout)
+
+    def _call(self, prompt: str, params: SamplingParams, n: int, seed: int) -> list[Generation]:
+        common: dict[str, Any] = dict(model=self.model, n=n, temperature=params.temperature, top_p=params.top_p,
+                                      max_tokens=params.max_new_tokens, seed=seed)
+        if params.stop:
+            common["stop"] = params.stop
+        gens = []
+        if self.mode == "completions":
+            r = self.client.completions.create(prompt=prompt, logprobs=1 if params.logprobs else None, **common)
+            for ch in r.choices:
+                lp = list(ch.logprobs.token_logprobs) if (params.logprobs and ch.logprobs and ch.logprobs.token_logprobs) else None
+                ntok = len(lp) if lp is not None else (r.usage.completion_tokens // max(len(r.choices), 1) if r.usage else 0)
+                gens.append(Generation(ch.text, lp, ntok, "length" if ch.finish_reason == "length" else "stop"))
+        else:
+            extra = {"logprobs": True} if params.logprobs else {}
+            r = self.client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **common, **extra)
+            for ch in r.choices:
+                content = getattr(ch.logprobs, "content", None) if ch.logprobs else None
+                lp = [c.logprob for c in content] if (params.logprobs and content) else None
+                ntok = len(lp) if lp is not None else (r.usage.completion_tokens // max(len(r.choices), 1) if r.usage else 0)
+                gens.append(Generation(ch.message.content or "", lp, ntok, "length" if ch.finish_reason == "length" else "stop"))
+        return gens
+
+    def _one_prompt(self, prompt: str, params: SamplingParams) -> list[Generation]:
+        gens = self._call(prompt, params, params.n, params.seed)
+        k = 1
+        while len(gens) < params.n:  # the server ignored n: one more call per missing sample, each with its own seed
+            gens += self._call(prompt, params, 1, params.seed + 7919 * k)
+            k += 1
+        return gens[: params.n]
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
+        import openai
+
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
+                return list(pool.map(lambda p: self._one_prompt(p, params), prompts))
+        except openai.APIConnectionError as e:
+            raise TunaError(f"cannot reach the server at {self.base_url or 'api.openai.com'}: {e}") from None
+        except openai.APIStatusError as e:
+            raise TunaError(f"server error {e.status_code}: {str(e)[:300]}") from None
+
+
+# ----------------------------------------------------------------------------------------------- vLLM
+
+
+@dataclass
+class VLLMGenerator:
+    """vLLM's offline engine with prefix caching (the n samples of a prompt share its KV cache)."""
+
+    model: str
+    name: str = ""
+    dtype: str = "bfloat16"
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int | None = None
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            import vllm
+        except ImportError:
+            raise TunaError("backend 'vllm' needs vLLM installed (pip install 'tuna[vllm]', GPU machines); "
+                            "use backend 'hf' or 'openai' here") from None
+        from tuna.models import resolve
+
+        self.name = self.name or self.model
+        self.llm = vllm.LLM(model=resolve(self.model), dtype=self.dtype, enable_prefix_caching=True,
+                            gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len,
+                            **self.engine_kwargs)
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
+        import vllm
+
+        sp = vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
+                                 seed=params.seed, logprobs=0 if params.logprobs else None, stop=params.stop)
+        out = []
+        for req in self.llm.generate(prompts, sp, use_tqdm=False):
+            gens = []
+            for o in req.outputs:
+                lp = None
+                if params.logprobs and o.logprobs is not None:
+                    lp = [step[tid].logprob for step, tid in zip(o.logprobs, o.token_ids)]
+                gens.append(Generation(o.text, lp, len(o.token_ids), "length" if o.finish_reason == "length" else "stop"))
+            out.append(gens)
+        return out
+
+
+def make_generator(backend: str, model: str, **kwargs: Any) -> Generator:
+    """``backend``: ``hf`` (kwargs: device, dtype, batch_size, tokenizer), ``openai`` (base_url, api_key_env,
+    mode, concurrency, max_retries, timeout) or ``vllm`` (dtype, gpu_memory_utilization, engine_kwargs)."""
+    if backend == "hf":
+        return HFGenerator(model, **kwargs)
+    if backend == "openai":
+        return OpenAIGenerator(model, **kwargs)
+    if backend == "vllm":
+        return VLLMGenerator(model, **kwargs)
+    raise TunaError(f"unknown generator backend {backend!r} (hf | openai | vllm)", field="backend")
+
+
+def with_seed(params: SamplingParams, seed: int, temperature: float | None = None) -> SamplingParams:
+    return replace(params, seed=seed, temperature=params.temperature if temperature is None else temperature)

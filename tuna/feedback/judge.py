@@ -1,0 +1,259 @@
+"""Contextual ranking by an LLM judge: the paper's prompt (``gpt-eval.py``, PAPER.md §5.2), a robust parser for
+real replies, and the policies that turn a (possibly partial) ranking into a best-first training record.
+
+Defaults and why:
+
+* ``reference="drop"``: the judge's own "Response 4" is not a student sample, so it is dropped from the
+  ranking (``include`` keeps it as a candidate with ``source`` = the judge model, when the reply contains it).
+* ``missing="last"``: candidates the judge left out (it was told to keep one of each duplicate group) are
+  appended after the ranked ones in their original order, tied at the lowest score (``drop`` removes them).
+  The loss needs every record to keep its candidates, and a left-out duplicate is by the judge's own
+  account as good as the copy it kept, but we do not know which copy, so "tied last" is the safe choice.
+* Score = number of items − mean position (0-based), so the best gets the highest score and ties share one.
+* ``shuffles=k`` (k ≥ 1): k calls with seeded shuffled orders, mapped back to original ids and aggregated by
+  mean position (Borda); the mean pairwise Kendall τ-b between the orders measures position sensitivity.
+  ``shuffles=0`` is the paper's single call in sampling order.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+from tuna.prompts import alpaca_prompt, user_message
+from tuna.records import Candidate, Ranking, Record
+
+PAPER_SYSTEM_PROMPT = "You are a professional and experienced data annotator."
+
+# Verbatim from gpt-eval.py (PAPER.md §5.2), including its missing spaces and "[i, j ,k, l, m]".
+PAPER_RANK_SUFFIX = (
+    "\n\nWe would like you to rate Response 0/1/2/3 in reply to the given instruction displayed above.\n"
+    "First, identify if the instruction requires open-ended or close-ended responses."
+    "Second, you need to generate one high quality '###Response 4' in answer to the instruction. "
+    "It needs to have the same format as other responses and will be used as a reference later.\n"
+    "Third, identify if there are duplicate responses and keep only one of the duplicate responses for the following steps."
+    "Fourth, compare Response 4 with Response 0/1/2/3/4 and assign each response an overall score on a scale of 0 to 15 "
+    "where a higher score indicates better overall quality. For an open-ended instruction, please rate based on the relevance "
+    "(score 0 to 5), level of details/justification: (score 0 to 5) and accuracy (score 0 to 5) of each response; for a "
+    "close-ended instruction, please rate based on the accuracy (score 0 to 5), level of details/justification (score 0 to 5) "
+    "and clarity (score 0 to 5) of each response. The ratings should have the format: "
+    "'Response k: [sum of the 3 individual scores you give to response k]'.\n"
+    "Last, rank the responses in decreasing order of their overall scores. The ranking should have the format: "
+    "'rank: [i, j ,k, l, m]'. If there are duplicate responses, keep only one of them in the rank, that is, the ranking may "
+    "become: 'rank: [i, j, k, l]', 'rank: [i, j, k]' 'rank: [i, j]' or even 'rank: [i]'."
+)
+PAPER_TEMPLATE = "{instruction}\n\n{responses}" + PAPER_RANK_SUFFIX
+
+
+def format_responses(texts: list[str]) -> str:
+    """The paper's block: ``"\\n".join(f"###Response {j}:\\n{r}\\n")``."""
+    return "\n".join(f"###Response {j}:\n{r}\n" for j, r in enumerate(texts))
+
+
+def build_prompt(template: str, instruction: str, texts: list[str]) -> str:
+    # str.replace, not str.format: user templates may contain JSON braces.
+    return template.replace("{instruction}", instruction).replace("{responses}", format_responses(texts))
+
+
+def judge_instruction(rec: Record, instruction_format: str = "alpaca") -> str:
+    """The instruction as the judge sees it: the paper passes the full Alpaca-templated prompt."""
+    if rec.prompt is not None:
+        return rec.prompt
+    if instruction_format == "alpaca":
+        return alpaca_prompt(rec.instruction, rec.input)
+    return user_message(rec.instruction, rec.input)
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+
+@dataclass
+class ParsedRank:
+    order: list[int] | None
+    """Indices as the judge wrote them (display order), best-first, deduplicated; None if unparseable."""
+    reason: str | None = None
+    rank_str: str = ""
+    response_4: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+_MARKDOWN = re.compile(r"[*_`#]+")
+_KEY = re.compile(r"\brank(?:ing)?\s*:", re.IGNORECASE)
+_SCORE_LINE = re.compile(r"response\s*(\d+)\s*:\s*\[?\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+_RESPONSE_4 = re.compile(r"###\s*Response 4:(.*?)\n\n", re.DOTALL)
+
+
+def _list_after(segment: str) -> list[int] | None:
+    """The integers of the list right after a ``rank:`` key: a bracketed list, or a line like ``2 > 0 > 1``."""
+    s = segment.lstrip(" \t:")
+    if s.startswith("["):
+        end = s.find("]")
+        inner = s[1 : end if end >= 0 else len(s)]
+    else:
+        inner = s.split("\n", 1)[0]
+        inner = inner.split("(", 1)[0]  # "rank: 2, 0, 1 (response 4 is the reference)"
+    nums = [int(x) for x in re.findall(r"\d+", inner)]
+    return nums or None
+
+
+def parse_rank_reply(reply: str, n_items: int, *, fallback_scores: bool = False) -> ParsedRank:
+    """Parse a ranking reply. ``n_items`` = number of valid indices (the candidates plus the judge's own
+    Response ``n_items-1`` under the paper's prompt). Handles ``rank:``/``ranking:``, markdown and bold,
+    trailing text or digits after the list, repeated and out-of-range indices, and shorter lists.
+
+    Unlike the released code (first ``rank:``, then every digit in the rest of the reply), the *last* key that
+    is followed by a list with digits wins, because judges often echo the requested format ("rank: [i, j ,k]")
+    before answering, and only the list itself is read."""
+    m4 = _RESPONSE_4.search(reply + "\n\n")
+    response_4 = m4.group(1).strip() if m4 else ""
+    text = _MARKDOWN.sub("", reply)
+    candidates: list[tuple[str, list[int]]] = []
+    for m in _KEY.finditer(text):
+        seg = text[m.end() :]
+        nums = _list_after(seg)
+        if nums:
+            candidates.append((seg.split("\n", 1)[0].strip(), nums))
+    notes: list[str] = []
+    if not candidates:
+        if fallback_scores:
+            scores: dict[int, float] = {}
+            for k, v in _SCORE_LINE.findall(text):
+                if int(k) < n_items:
+                    scores[int(k)] = float(v)  # the last rating of each response wins
+            if len(scores) >= 2:
+                order = sorted(scores, key=lambda k: (-scores[k], k))
+                return ParsedRank(order, None, "", response_4, ["from 'Response k: score' lines"])
+        reason = "no rank list" if not _KEY.search(text) else "rank key without a list of indices"
+        return ParsedRank(None, reason, "", response_4)
+    rank_str, nums = candidates[-1]
+    order: list[int] = []
+    for k in nums:
+        if k >= n_items:
+            notes.append(f"ignored out-of-range index {k}")
+        elif k in order:
+            notes.append(f"ignored repeated index {k}")
+        else:
+            order.append(k)
+    if not order:
+        return ParsedRank(None, "rank list has no valid index", rank_str, response_4, notes)
+    return ParsedRank(order, None, rank_str, response_4, notes)
+
+
+# ----------------------------------------------------------------------------------------------- aggregation
+
+
+def kendall_tau_b(x: list[float], y: list[float]) -> float:
+    """Kendall's τ-b between two score vectors (ties allowed); 0 when either vector is constant."""
+    conc = disc = tx = ty = 0
+    for i, j in combinations(range(len(x)), 2):
+        dx, dy = x[i] - x[j], y[i] - y[j]
+        if dx == 0 and dy == 0:
+            continue
+        if dx == 0:
+            tx += 1
+        elif dy == 0:
+            ty += 1
+        elif (dx > 0) == (dy > 0):
+            conc += 1
+        else:
+            disc += 1
+    denom = ((conc + disc + tx) * (conc + disc + ty)) ** 0.5
+    return (conc - disc) / denom if denom else 0.0
+
+
+def positions(order: list[int], items: list[int]) -> dict[int, float]:
+    """0-based position of each item; items the order leaves out share the mean of the remaining positions."""
+    pos = {k: float(p) for p, k in enumerate(order)}
+    rest = [k for k in items if k not in pos]
+    if rest:
+        tied = (len(order) + len(items) - 1) / 2
+        pos.update({k: tied for k in rest})
+    return pos
+
+
+def shuffle_orders(n: int, k: int, seed: int, key: str) -> list[list[int]]:
+    """``k`` display orders of ``n`` candidates (``perm[j]`` = original id shown as Response j); k=0: identity."""
+    if k <= 0:
+        return [list(range(n))]
+    rng = random.Random(f"{seed}:{key}")
+    out = []
+    for _ in range(k):
+        p = list(range(n))
+        rng.shuffle(p)
+        out.append(p)
+    return out
+
+
+@dataclass
+class JudgePolicy:
+    reference: str = "drop"
+    """drop | include: what to do with the judge's own Response 4."""
+    missing: str = "last"
+    """last | drop: candidates the judge left out of its ranking."""
+
+
+def rank_record(
+    rec: Record,
+    perms: list[list[int]],
+    parsed: list[ParsedRank],
+    *,
+    judge_model: str,
+    method: str,
+    policy: JudgePolicy,
+    replies: list[str],
+) -> Record:
+    """Aggregate the parsed rankings of one record (at least one parsed) into a ranked ``Record``."""
+    n = len(rec.candidates)
+    ref_id = n  # the paper's prompt calls the judge's own answer "Response <n>"
+    orig_orders: list[list[int]] = []
+    notes: list[str] = []
+    ref_text = ""
+    for perm, pr in zip(perms, parsed):
+        if pr.order is None:
+            continue
+        orig_orders.append([perm[k] if k < n else ref_id for k in pr.order])
+        notes += pr.notes
+        if not ref_text and pr.response_4:
+            ref_text = pr.response_4
+    use_ref = policy.reference == "include" and bool(ref_text) and any(ref_id in o for o in orig_orders)
+    if policy.reference == "include" and not use_ref:
+        notes.append("reference requested but the reply has no Response 4 in its rank")
+    items = list(range(n)) + ([ref_id] if use_ref else [])
+    orders = [[k for k in o if k in items] for o in orig_orders]
+    ranked_somewhere = {k for o in orders for k in o}
+    if policy.missing == "drop":
+        items = [k for k in items if k in ranked_somewhere]
+    missing = [k for k in range(n) if k not in ranked_somewhere]
+    pos_per_call = [positions([k for k in o if k in items], items) for o in orders]
+    mean_pos = {k: sum(p[k] for p in pos_per_call) / len(pos_per_call) for k in items}
+    final = sorted(items, key=lambda k: (mean_pos[k], k))  # stable: ties keep the original order
+    m = len(items)
+    taus = [kendall_tau_b([a[k] for k in items], [b[k] for k in items]) for a, b in combinations(pos_per_call, 2)]
+    cands = []
+    for k in final:
+        if k == ref_id:
+            c = Candidate(text=ref_text, source=judge_model)
+        else:
+            c = rec.candidates[k].model_copy()
+        c.score = float(m - mean_pos[k])
+        cands.append(c)
+    details: dict[str, Any] = {
+        "order": final,
+        "orders": orig_orders,
+        "calls": len(perms),
+        "parsed": len(orig_orders),
+        "missing": missing,
+        "reference": policy.reference,
+        "missing_policy": policy.missing,
+    }
+    if taus:
+        details["kendall_tau"] = sum(taus) / len(taus)
+    if notes:
+        details["notes"] = sorted(set(notes))
+    prov = dict(rec.provenance)
+    prov["judge"] = {"replies": replies, "perms": perms}
+    return rec.model_copy(update={"candidates": cands, "provenance": prov,
+                                  "ranking": Ranking(by="judge", model=judge_model, method=method, details=details)})
