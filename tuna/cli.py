@@ -14,10 +14,8 @@ import os
 import sys
 from typing import Any
 
-from tuna.config import ModelConfig, OptimConfig, TrainerConfig
-from tuna.data import DataConfig
+from tuna.config import DataConfig, LossConfig, ModelConfig, OptimConfig, TrainerConfig
 from tuna.errors import TunaError
-from tuna.losses import LossConfig
 
 
 def _train(stage: str, **kw: Any) -> str:

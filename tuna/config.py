@@ -1,14 +1,19 @@
 """Typed configuration shared by the training stages (YAML → these dataclasses through jsonargparse).
 
-The loss and data configs live next to their code (``tuna.losses.LossConfig``, ``tuna.data.DataConfig``)."""
+Kept free of heavy imports so that ``tuna --help`` and ``--print_config`` are fast."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tuna.prompts import TemplateName
+
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"]
 Strategy = Literal["auto", "ddp", "fsdp", "deepspeed"]
+PairReduction = Literal["per_distance_mean", "all_pairs_sum"]
+MleTarget = Literal["all", "best", "gold"]
+MarginScaling = Literal["rank_distance", "constant"]
 
 
 @dataclass
@@ -72,3 +77,58 @@ class TrainerConfig:
     """A NaN/inf loss stops the run naming the batch's records, or skips that batch."""
     num_threads: int | None = None
     """torch CPU threads (None: torch's default)."""
+
+
+@dataclass
+class LossConfig:
+    """Knobs of the Tuna loss (defaults reproduce the released code)."""
+
+    margin: float = 0.1
+    """m: the hinge margin per unit of rank distance."""
+    margin_scaling: MarginScaling = "rank_distance"
+    """rank_distance: pair (i, j) gets (j-i)·m; constant: every pair gets m."""
+    pair_reduction: PairReduction = "per_distance_mean"
+    beta: float = 1.0
+    """Length-normalisation exponent of the student's score: sum / len**beta."""
+    mle_weight: float = 1.0
+    """λ in L = λ·L_MLE + L_rank."""
+    mle_target: MleTarget = "all"
+    rank_weight: float = 1.0
+    """Weight of the ranking term (0 turns the stage into plain MLE, as SFT)."""
+
+    def __post_init__(self) -> None:
+        if self.pair_reduction not in ("per_distance_mean", "all_pairs_sum"):
+            raise ValueError(f"loss.pair_reduction must be per_distance_mean | all_pairs_sum, got {self.pair_reduction!r}")
+        if self.mle_target not in ("all", "best", "gold"):
+            raise ValueError(f"loss.mle_target must be all | best | gold, got {self.mle_target!r}")
+        if self.margin_scaling not in ("rank_distance", "constant"):
+            raise ValueError(f"loss.margin_scaling must be rank_distance | constant, got {self.margin_scaling!r}")
+
+
+@dataclass
+class DataConfig:
+    """Where the records are and how they become token batches."""
+
+    train_file: str = ""
+    """JSONL records (ranked sets for the ranking stages; gold or ranked records for SFT)."""
+    val_file: str | None = None
+    template: TemplateName = "alpaca"
+    """alpaca (the paper's), chat (the tokenizer's chat template) or raw."""
+    system_prompt: str | None = None
+    max_length: int = 512
+    min_response_tokens: int = 8
+    overlong: Literal["truncate", "error"] = "truncate"
+    num_candidates: int | None = None
+    """Keep at most the top k ranked candidates per record (None: all)."""
+    sft_target: Literal["gold", "best"] = "gold"
+    """SFT trains on the gold response, or on the top-ranked candidate when there is no gold."""
+    batch_size: int = 4
+    """Records per micro-batch (each with all its candidates)."""
+    shuffle: bool = True
+    length_grouped: bool = True
+    """Batch records of similar length together (less padding); the batch order is still shuffled."""
+    limit: int | None = None
+    """Use only the first n records (quick runs)."""
+    num_workers: int = 0
+    cache_dir: str | None = None
+    """Where tokenised datasets are cached (default: $TUNA_CACHE/datasets)."""

@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,40 +35,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from tuna.config import DataConfig
 from tuna.errors import TunaError
-from tuna.prompts import TemplateName, prompt_has_special_tokens, render_prompt
+from tuna.prompts import prompt_has_special_tokens, render_prompt
 from tuna.records import Record, read_records
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DataConfig:
-    """Where the records are and how they become token batches."""
-
-    train_file: str = ""
-    """JSONL records (ranked sets for the ranking stages; gold or ranked records for SFT)."""
-    val_file: str | None = None
-    template: TemplateName = "alpaca"
-    """alpaca (the paper's), chat (the tokenizer's chat template) or raw."""
-    system_prompt: str | None = None
-    max_length: int = 512
-    min_response_tokens: int = 8
-    overlong: Literal["truncate", "error"] = "truncate"
-    num_candidates: int | None = None
-    """Keep at most the top k ranked candidates per record (None: all)."""
-    sft_target: Literal["gold", "best"] = "gold"
-    """SFT trains on the gold response, or on the top-ranked candidate when there is no gold."""
-    batch_size: int = 4
-    """Records per micro-batch (each with all its candidates)."""
-    shuffle: bool = True
-    length_grouped: bool = True
-    """Batch records of similar length together (less padding); the batch order is still shuffled."""
-    limit: int | None = None
-    """Use only the first n records (quick runs)."""
-    num_workers: int = 0
-    cache_dir: str | None = None
-    """Where tokenised datasets are cached (default: $TUNA_CACHE/datasets)."""
 
 
 # ----------------------------------------------------------------------------------------------- tokenising

@@ -19,40 +19,11 @@ top-ranked candidate), ``gold`` (the reference response, carried in an extra slo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-PairReduction = Literal["per_distance_mean", "all_pairs_sum"]
-MleTarget = Literal["all", "best", "gold"]
-MarginScaling = Literal["rank_distance", "constant"]
-
-
-@dataclass
-class LossConfig:
-    """Knobs of the Tuna loss (defaults reproduce the released code)."""
-
-    margin: float = 0.1
-    """m: the hinge margin per unit of rank distance."""
-    margin_scaling: MarginScaling = "rank_distance"
-    """rank_distance: pair (i, j) gets (j-i)·m; constant: every pair gets m."""
-    pair_reduction: PairReduction = "per_distance_mean"
-    beta: float = 1.0
-    """Length-normalisation exponent of the student's score: sum / len**beta."""
-    mle_weight: float = 1.0
-    """λ in L = λ·L_MLE + L_rank."""
-    mle_target: MleTarget = "all"
-    rank_weight: float = 1.0
-    """Weight of the ranking term (0 turns the stage into plain MLE, as SFT)."""
-
-    def __post_init__(self) -> None:
-        if self.pair_reduction not in ("per_distance_mean", "all_pairs_sum"):
-            raise ValueError(f"loss.pair_reduction must be per_distance_mean | all_pairs_sum, got {self.pair_reduction!r}")
-        if self.mle_target not in ("all", "best", "gold"):
-            raise ValueError(f"loss.mle_target must be all | best | gold, got {self.mle_target!r}")
-        if self.margin_scaling not in ("rank_distance", "constant"):
-            raise ValueError(f"loss.margin_scaling must be rank_distance | constant, got {self.margin_scaling!r}")
+from tuna.config import LossConfig, MarginScaling, MleTarget, PairReduction  # noqa: F401  (re-exported)
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_rows: int = 1024) -> torch.Tensor:

@@ -11,10 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuna.config import ModelConfig, OptimConfig, TrainerConfig
-from tuna.data import DataConfig
+from tuna.config import DataConfig, LossConfig, ModelConfig, OptimConfig, TrainerConfig
 from tuna.errors import TunaError
-from tuna.losses import LossConfig
 
 log = logging.getLogger(__name__)
 
