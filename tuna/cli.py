@@ -143,6 +143,14 @@ def commands() -> dict[str, Any]:
     return cmds
 
 
+def _run_config(result: Any) -> Any:
+    """Commands given as config dataclasses (pipeline, demo, sweep) parse to an instance; run it here."""
+    from tuna.pipeline import RUNNERS
+
+    runner = RUNNERS.get(type(result))
+    return runner(result) if runner else result
+
+
 def main(argv: list[str] | None = None) -> Any:
     from jsonargparse import CLI
 
@@ -150,7 +158,7 @@ def main(argv: list[str] | None = None) -> Any:
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return CLI(commands(), args=argv, as_positional=False, prog="tuna")
+        return _run_config(CLI(commands(), args=argv, as_positional=False, prog="tuna"))
     except TunaError as e:
         if os.environ.get("TUNA_DEBUG"):
             raise

@@ -1,0 +1,95 @@
+"""The pipeline's evaluation and report steps: thin glue over ``evaluation.commands`` (one place per benchmark)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tuna.errors import TunaError
+
+
+@contextlib.contextmanager
+def judge_endpoint(judge: Any):
+    """(model, backend, base_url) for an OpenAI-compatible judge; a ``llamacpp`` judge gets a local server."""
+    if judge.backend == "llamacpp":
+        from tuna.feedback.server import LlamaCppServer
+
+        with LlamaCppServer(judge.model, n_ctx=4096) as server:
+            yield server.model, "openai", server.base_url
+    else:
+        yield judge.model, judge.backend, judge.base_url
+
+
+def evaluate_model(bench: str, model: str, label: str, out: Path, ecfg: Any, judge: Any, *, run_name: str) -> dict[str, Any]:
+    """Run one benchmark on one model; copies its results.json to ``out`` (the step's marker)."""
+    from evaluation import commands as ev
+
+    out_root = str(out.parent.parent / "runs")
+    tags = {"name": label, "run": run_name}
+    common = dict(template=ecfg.template, batch_size=ecfg.batch_size, dtype="float32", out_root=out_root, tags=tags)
+    if bench == "superni":
+        path = ev.eval_superni(model=model, limit=ecfg.superni_limit, max_new_tokens=ecfg.max_new_tokens, **common)
+    elif bench == "lmentry":
+        path = ev.eval_lmentry(model=model, limit=ecfg.lmentry_limit, max_new_tokens=min(ecfg.max_new_tokens, 50), **common)
+    elif bench == "vicuna":
+        with judge_endpoint(judge) as (jmodel, jbackend, jurl):
+            path = ev.eval_vicuna(model=model, opponent=ecfg.vicuna_opponent, limit=ecfg.vicuna_limit, judge_model=jmodel,
+                                  judge_backend=jbackend, judge_base_url=jurl, judge_api_key_env=judge.api_key_env,
+                                  judge_concurrency=judge.concurrency, max_cost=judge.max_cost,
+                                  price_per_1k_prompt=judge.price_per_1k_prompt,
+                                  price_per_1k_completion=judge.price_per_1k_completion,
+                                  max_new_tokens=ecfg.max_new_tokens * 2, **common)
+    else:
+        raise TunaError(f"unknown benchmark {bench!r} (superni | lmentry | vicuna)", field="evaluation.benchmarks")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, out)
+    res = json.loads(Path(path).read_text())
+    extra: dict[str, Any] = {"metrics": {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float))}}
+    if "judge_ledger" in res["metrics"]:
+        extra["judge"] = res["metrics"]["judge_ledger"]
+    return extra
+
+
+def make_report(eval_dir: Path, results_dir: str, name: str, *, manifest: dict[str, Any] | None = None,
+                ablation: str | None = None) -> dict[str, Any]:
+    """The run's tables and plots into ``results_dir`` (main.md/.tex, PNGs), plus the per-step timings."""
+    from evaluation.report import make_report as build
+    from tuna.records import atomic_write_json
+
+    if not Path(eval_dir).exists():
+        return {}
+    out = build(Path(eval_dir) / "runs", results_dir, paper=None, ablation=ablation)
+    if manifest is not None:
+        steps = manifest.get("steps", {})
+        atomic_write_json(Path(out) / "timings.json", {k: v.get("wall_s") for k, v in steps.items()})
+        lines = ["| step | wall time (s) |", "|---|---|"] + [f"| {k} | {v.get('wall_s', '')} |" for k, v in steps.items()]
+        (Path(out) / "timings.md").write_text("\n".join(lines) + "\n")
+    return {"dir": str(out), "files": sorted(p.name for p in Path(out).iterdir())}
+
+
+def make_sweep_report(runs: list[dict[str, Any]], results_dir: str, name: str) -> dict[str, Any]:
+    """One ablation table over the sweep's runs (rows = runs, labelled by their knob values) plus plots."""
+    import tempfile
+
+    from evaluation.report import make_report as build
+
+    # gather the runs' results into one tree, tagging each with its sweep label and knob values
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in runs:
+            for res_path in Path(r["run_dir"], "eval", "runs").rglob("results.json"):
+                res = json.loads(res_path.read_text())
+                res.setdefault("tags", {}).update({"run": r["label"], **{k.split(".")[-1]: v for k, v in r["overrides"].items()}})
+                res["tags"]["name"] = f"{res['tags'].get('name', '?')} [{r['label']}]"
+                dest = Path(tmp) / r["label"] / res_path.relative_to(Path(r["run_dir"], "eval", "runs"))
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_text(json.dumps(res))
+        if not any(Path(tmp).rglob("results.json")):
+            return {}
+        out = build(tmp, results_dir, paper=None, ablation="run")
+        knobs = sorted({k.split(".")[-1] for r in runs for k in r["overrides"]})
+        if len(knobs) == 1:  # one knob: also a table keyed by its values (a multi-knob grid would mix rows)
+            build(tmp, results_dir, paper=None, ablation=knobs[0])
+    return {"dir": str(out), "files": sorted(p.name for p in Path(out).iterdir())}
