@@ -67,9 +67,10 @@ def _progress_enabled() -> bool:
 class _HFChat:
     """In-process chat replies from a local transformers model (greedy at temperature 0)."""
 
-    def __init__(self, model: str, device: str = "cpu", dtype: str = "float32"):
+    def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", assistant_prefix: str = ""):
         from tuna.feedback.generators import HFGenerator
 
+        self.prefix = assistant_prefix
         self.gen = HFGenerator(model, device=device, dtype=dtype, batch_size=1)
         self.lock = threading.Lock()  # one generate at a time: torch already uses all cores
 
@@ -77,13 +78,14 @@ class _HFChat:
         from tuna.feedback.generators import SamplingParams
 
         tok = self.gen.tokenizer
-        prompt = tok.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False)
+        # A prefilled start of the reply (e.g. "rank: [") steers a weak local judge into the parseable format.
+        prompt = tok.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False) + self.prefix
         params = SamplingParams(n=1, temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_tokens,
                                 seed=req.seed or 0)
         with self.lock:
             g = self.gen.generate([prompt], params)[0][0]
         n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
-        return g.text, n_prompt, g.num_tokens, g.finish_reason
+        return self.prefix + g.text, n_prompt, g.num_tokens, g.finish_reason
 
 
 class JudgeClient:
@@ -103,12 +105,14 @@ class JudgeClient:
         backend: str = "openai",
         hf_device: str = "cpu",
         hf_dtype: str = "float32",
+        assistant_prefix: str = "",
     ):
         self.model, self.base_url = model, base_url
         self.concurrency = max(1, concurrency)
         self.price_p, self.price_c = price_per_1k_prompt, price_per_1k_completion
         self.max_cost = max_cost
         self.backend = backend
+        self._key_model = model
         self._lock = threading.Lock()
         self._ledger = {"calls": 0, "cached": 0, "failed": 0, "budget_skipped": 0, "prompt_tokens": 0,
                         "completion_tokens": 0, "cost": 0.0, "seconds": 0.0}
@@ -126,9 +130,12 @@ class JudgeClient:
             # The client does the retrying: exponential back-off with jitter, Retry-After honoured.
             self._client = OpenAI(base_url=base_url, api_key=key or "none", max_retries=max_retries, timeout=timeout)
             self._hf = None
+            if assistant_prefix:
+                raise TunaError("assistant_prefix needs backend hf (chat APIs cannot prefill the reply)", field="assistant_prefix")
         elif backend == "hf":
+            self._key_model = f"{model}|prefix={assistant_prefix}" if assistant_prefix else model
             self._client = None
-            self._hf = _HFChat(model, device=hf_device, dtype=hf_dtype)
+            self._hf = _HFChat(model, device=hf_device, dtype=hf_dtype, assistant_prefix=assistant_prefix)
             self.concurrency = 1
         else:
             raise TunaError(f"unknown judge backend {backend!r} (openai | hf)", field="backend")
@@ -192,7 +199,7 @@ class JudgeClient:
         from tqdm.auto import tqdm
 
         replies: list[ChatReply | None] = [None] * len(requests)
-        keys = [cache_key(self.model, r) for r in requests]
+        keys = [cache_key(self._key_model, r) for r in requests]
         bar = tqdm(total=len(requests), desc=desc, unit="req", disable=not _progress_enabled(), dynamic_ncols=True)
 
         def deliver(i: int, rep: ChatReply) -> None:

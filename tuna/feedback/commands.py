@@ -74,6 +74,12 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), max(1, size))]
 
 
+def _quiet_http_logs() -> None:
+    # One INFO line per request from the HTTP client drowns the progress bar.
+    for name in ("httpx", "httpx2", "openai", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _set_threads() -> None:
     import torch
 
@@ -152,6 +158,7 @@ def sample(
     from tuna.prompts import render_prompt
     from tuna.records import Candidate
 
+    _quiet_http_logs()
     records = load_inputs(input, fmt=input_format, limit=limit, offset=offset)
     index = {r.id: i for i, r in enumerate(records)}
     if stop is None and template == "alpaca":
@@ -314,6 +321,7 @@ def judge(
     missing: str = "last",
     shuffles: int = 0,
     fallback_scores: bool = False,
+    assistant_prefix: str = "",
     seed: int = 0,
     limit: int | None = None,
     offset: int = 0,
@@ -345,6 +353,7 @@ def judge(
         missing: last | drop: candidates the judge left out (duplicates).
         shuffles: 0 = one call in sampling order (paper); k = k calls with seeded shuffles, Borda-aggregated.
         fallback_scores: If no rank list, rank by the "Response k: score" lines.
+        assistant_prefix: backend hf only: prefill the start of the reply, e.g. "rank: [" (steers weak judges).
         seed: Seed for shuffles and the request seed.
         limit: Use at most this many records.
         offset: Skip this many records first.
@@ -388,6 +397,7 @@ def judge(
         if "{responses}" not in tmpl or "{instruction}" not in tmpl:
             raise TunaError("template needs {instruction} and {responses} placeholders", path=tp)
         method = f"template:{tp.name}"
+    _quiet_http_logs()
     policy = JudgePolicy(reference=reference, missing=missing)
     records = load_inputs(input, fmt="tuna", limit=limit, offset=offset)
     failed_path = _failed_path(out)
@@ -455,7 +465,7 @@ def judge(
                              cache_dir=cache_dir or str(cache_root() / "judge_cache"), concurrency=concurrency,
                              max_retries=max_retries, timeout=timeout, price_per_1k_prompt=price_per_1k_prompt,
                              price_per_1k_completion=price_per_1k_completion, max_cost=max_cost,
-                             backend="hf" if backend == "hf" else "openai")
+                             backend="hf" if backend == "hf" else "openai", assistant_prefix=assistant_prefix)
         with client:
             client.complete_many(requests, desc="judge", on_reply=on_reply)
             ledger = client.ledger

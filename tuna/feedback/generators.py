@@ -59,6 +59,24 @@ def _cut_at_stop(text: str, stop: list[str] | None) -> int | None:
 # ----------------------------------------------------------------------------------------------- HF
 
 
+def _forward_logprobs_impl(model: Any, enc: dict[str, Any], sequences: Any, n: int, chunk_tokens: int = 256) -> Any:
+    """Raw log-probs of the generated tokens ``sequences[:, P:]`` by one forward pass (left padding respected)."""
+    import torch
+
+    from tuna.forward import _causal_lm, _softcap, chunked_response_logprobs
+
+    p = enc["input_ids"].shape[1]
+    am = torch.cat([enc["attention_mask"].repeat_interleave(n, 0),
+                    torch.ones_like(sequences[:, p:])], dim=1)
+    pos = (am.cumsum(-1) - 1).clamp_min(0)  # as generate does for left-padded rows
+    lm = _causal_lm(model)
+    hidden = lm.get_decoder()(input_ids=sequences, attention_mask=am, position_ids=pos).last_hidden_state[:, p - 1 : -1]
+    tgt = sequences[:, p:]
+    flat = chunked_response_logprobs(hidden.reshape(-1, hidden.shape[-1]), lm.get_output_embeddings(), tgt.reshape(-1),
+                                     softcap=_softcap(lm), chunk_tokens=chunk_tokens)
+    return flat.view(tgt.shape).float().cpu()
+
+
 def torch_inference_mode() -> Callable:
     """``torch.inference_mode`` as a decorator without importing torch at module import time."""
 
@@ -77,6 +95,20 @@ def torch_inference_mode() -> Callable:
 
 
 
+class _TailStop:
+    """A per-row stopping criterion: true once the decoded tail of the new tokens contains a stop string."""
+
+    def __init__(self, tokenizer: Any, stop: list[str], prompt_len: int, tail_tokens: int = 12):
+        self.tok, self.stop, self.prompt_len, self.tail = tokenizer, [x for x in stop if x], prompt_len, tail_tokens
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        new = input_ids[:, self.prompt_len :]
+        tails = self.tok.batch_decode(new[:, -self.tail :], skip_special_tokens=True)
+        return torch.tensor([any(x in t for x in self.stop) for t in tails], dtype=torch.bool, device=input_ids.device)
+
+
 @dataclass
 class HFGenerator:
     """transformers ``generate`` with left padding; each prompt is encoded once and expanded to its n samples
@@ -91,6 +123,9 @@ class HFGenerator:
     batch_size: int = 8
     add_special_tokens: bool | None = None
     """None: add the tokenizer's BOS unless the prompt already starts with it (chat-rendered prompts do)."""
+    logprob_source: str = "auto"
+    """logits: keep generate's raw per-step logits (memory T*B*V); forward: one teacher-forced pass over the sampled
+    sequences afterwards (chunked LM head, small memory); auto: forward when the logits would pass ~1 G values."""
     _loaded: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -123,6 +158,9 @@ class HFGenerator:
             add = not (bos and all(p.startswith(bos) for p in prompts))
         return tok(prompts, return_tensors="pt", padding=True, add_special_tokens=add).to(self.device)
 
+    def _forward_logprobs(self, enc: dict[str, Any], sequences: Any, n: int) -> Any:
+        return _forward_logprobs_impl(self.model, enc, sequences, n)
+
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
         import torch
 
@@ -149,18 +187,29 @@ class HFGenerator:
             do_sample=not greedy,
             pad_token_id=tok.pad_token_id,
             return_dict_in_generate=True,
-            output_logits=params.logprobs,
         )
+        rows_total = enc["input_ids"].shape[0] * params.n
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        src = self.logprob_source
+        if src == "auto":
+            src = "forward" if rows_total * params.max_new_tokens * vocab > 1e9 else "logits"
+        kwargs["output_logits"] = params.logprobs and src == "logits"
         if greedy:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         if params.stop:
-            kwargs.update(stop_strings=params.stop, tokenizer=tok)
+            # Not transformers' stop_strings: its StopStringCriteria pre-processes the whole vocabulary (minutes for
+            # Gemma's 262k tokens). Decoding the last few tokens of each row per step is cheap.
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_TailStop(tok, params.stop, enc["input_ids"].shape[1])])
         res = self.model.generate(**enc, **kwargs)
         seqs = res.sequences[:, enc["input_ids"].shape[1] :]
         lps = None
-        if params.logprobs:
+        if params.logprobs and src == "forward":
+            lps = self._forward_logprobs(enc, res.sequences, params.n).tolist()
+        elif params.logprobs:
             # Raw (un-warped) log-probs of the chosen tokens, one decoding step at a time: never a [B, T, V] copy.
             steps = [
                 torch.log_softmax(lg.float(), dim=-1).gather(-1, seqs[:, t : t + 1]).squeeze(-1)

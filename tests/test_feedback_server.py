@@ -1,0 +1,152 @@
+"""The OpenAI-compatible path against a REAL llama.cpp server on loopback serving the embedded SmolLM2 GGUF,
+and kill/resume of `tuna sample` and `tuna judge` run as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tuna.records import Candidate, import_alpaca, read_records, write_records
+
+pytest.importorskip("llama_cpp")
+REPO = Path(__file__).resolve().parents[1]
+SIMPLE_TEMPLATE = REPO / "experiments/feedback/judge_simple.txt"
+
+
+@pytest.fixture(scope="session")
+def llama_server():
+    from tuna.feedback.server import LlamaCppServer
+
+    srv = LlamaCppServer("smollm2-135m-instruct", n_ctx=2048, n_threads=2)
+    try:
+        srv.start()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"llama.cpp server could not start: {e}")
+    yield srv
+    srv.stop()
+    assert srv.proc is None
+
+
+@pytest.fixture(scope="session")
+def candidate_sets(shared_data, tmp_path_factory) -> Path:
+    """Real Alpaca instructions with 4 real, clearly different candidates (gold, another item's gold = off topic,
+    a refusal, the gold cut short)."""
+    recs = import_alpaca(shared_data / "alpaca/alpaca_data_reconstructed.jsonl.gz", limit=7)
+    out = []
+    for i, r in enumerate(recs[:6]):
+        gold = r.gold or ""
+        r.candidates = [Candidate(text=gold[:300], source="alpaca"), Candidate(text=(recs[i + 1].gold or "")[:300], source="other"),
+                        Candidate(text="I don't know.", source="refusal"), Candidate(text=gold[: max(len(gold) // 4, 5)], source="cut")]
+        out.append(r)
+    path = tmp_path_factory.mktemp("sets") / "sets.jsonl"
+    write_records(path, out)
+    return path
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "TUNA_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "TUNA_THREADS": "2", "OPENAI_API_KEY": "unused"}
+
+
+def test_server_completions_chat_n_logprobs(llama_server) -> None:
+    from tuna.feedback.generators import SamplingParams, make_generator
+
+    p = SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=1, logprobs=True)
+    comp = make_generator("openai", llama_server.model, base_url=llama_server.base_url, mode="completions")
+    out = comp.generate(["Three tips for staying healthy:\n1.", "The capital of France is"], p)
+    assert len(out) == 2 and all(len(g) == 2 for g in out)  # llama.cpp ignores n: topped up with seeded calls
+    for gens in out:
+        for g in gens:
+            assert g.token_logprobs is not None and len(g.token_logprobs) == g.num_tokens > 0
+            assert all(lp <= 0 for lp in g.token_logprobs)
+    chat = make_generator("openai", llama_server.model, base_url=llama_server.base_url, mode="chat")
+    gens = chat.generate(["Name a primary colour."], p)[0]
+    assert len(gens) == 2 and all(g.text for g in gens)  # llama.cpp gives no chat logprobs: None is allowed
+
+
+def test_judge_client_caches(llama_server, tmp_path) -> None:
+    from tuna.feedback.client import ChatRequest, JudgeClient
+
+    reqs = [ChatRequest(messages=[{"role": "user", "content": q}], max_tokens=8, key=str(i))
+            for i, q in enumerate(["Say yes.", "Say no."])]
+    with JudgeClient(llama_server.model, base_url=llama_server.base_url, cache_dir=str(tmp_path)) as c:
+        first = c.complete_many(reqs)
+        assert c.ledger["calls"] == 2 and all(r.error is None and r.text for r in first)
+    with JudgeClient(llama_server.model, base_url=llama_server.base_url, cache_dir=str(tmp_path)) as c:
+        second = c.complete_many(reqs)
+        assert c.ledger["calls"] == 0 and c.ledger["cached"] == 2
+    assert [r.text for r in first] == [r.text for r in second]
+
+
+def _ids(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _judge_cmd(sets: Path, out: Path, srv, cache: Path) -> list[str]:
+    return [sys.executable, "-m", "tuna.cli", "judge", "--input", str(sets), "--out", str(out), "--backend", "openai",
+            "--base_url", srv.base_url, "--model", srv.model, "--template", str(SIMPLE_TEMPLATE), "--instruction_format", "plain",
+            "--system_prompt", "null", "--temperature", "0", "--max_tokens", "16", "--fallback_scores", "true",
+            "--concurrency", "1", "--cache_dir", str(cache), "--limit", "4"]
+
+
+@pytest.mark.slow
+def test_judge_end_to_end_kill_resume_and_cache(llama_server, candidate_sets, tmp_path) -> None:
+    out, cache = tmp_path / "judged.jsonl", tmp_path / "cache"
+    failed = tmp_path / "judged.failed.jsonl"
+    all_ids = _ids(candidate_sets)[:4]
+    proc = subprocess.Popen(_judge_cmd(candidate_sets, out, llama_server, cache), env=_env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(_ids(out)) + len(_ids(failed)) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = _ids(out)
+    assert len(done_before) + len(_ids(failed)) < len(all_ids), "finished before the kill"
+    r = subprocess.run(_judge_cmd(candidate_sets, out, llama_server, cache), env=_env(), cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ranked, bad = _ids(out), _ids(failed)
+    assert len(ranked) == len(set(ranked)) and set(done_before) <= set(ranked)
+    assert sorted(ranked + bad) == sorted(all_ids)  # every record ranked or recorded as failed, exactly once
+    # SmolLM2-135M rarely produces a parseable ranking (see docs/feedback.md); whatever it ranked must validate.
+    for rec in read_records(out, kind="ranked") if ranked else []:
+        assert rec.ranking.by == "judge" and len(rec.candidates) == 4
+    for line in failed.read_text().splitlines():
+        obj = json.loads(line)
+        assert obj["reason"] and obj["replies"]  # raw reply kept
+    summary = json.loads((tmp_path / "judged.summary.json").read_text())
+    assert summary["ranked"] + summary["failed"] + summary["already_done"] == len(all_ids)
+    # A third run: nothing new to rank; failed records are retried from the cache (0 server calls).
+    r = subprocess.run(_judge_cmd(candidate_sets, out, llama_server, cache), env=_env(), cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "judged.summary.json").read_text())
+    assert summary["ledger"] == {} or summary["ledger"]["calls"] == 0
+
+
+@pytest.mark.slow
+def test_sample_kill_resume(shared_data, tmp_path, smol_dir) -> None:
+    out = tmp_path / "cands.jsonl"
+    cmd = [sys.executable, "-m", "tuna.cli", "sample", "--input", str(shared_data / "alpaca/alpaca_data_reconstructed.jsonl.gz"),
+           "--out", str(out), "--model", "tiny-random-llama", "--limit", "24", "--chunk_size", "2", "--n", "2",
+           "--max_new_tokens", "24", "--dedup", "false"]
+    proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(_ids(out)) < 2 and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _ids(out)
+    assert 0 < len(before) < 24, "killed too late or too early"
+    r = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = _ids(out)
+    assert len(after) == 24 == len(set(after)) and after[: len(before)] == before
+    read_records(out)  # every line valid
