@@ -1,0 +1,342 @@
+"""``tuna eval superni|lmentry|vicuna`` and ``tuna report`` (registered by :mod:`tuna.cli` through ``COMMANDS``).
+
+Heavy imports (torch, transformers, rouge_score, matplotlib) happen inside the functions."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from tuna.errors import TunaError
+
+log = logging.getLogger("tuna.eval")
+
+
+def _data_path(given: str | None, sub: str) -> str:
+    if given:
+        return given
+    root = Path(os.environ.get("TUNA_SHARED_DATA", Path.cwd().parent / "shared" / "data"))
+    p = root / sub
+    if not p.exists():
+        raise TunaError(f"no data given and the default {p} does not exist (pass --data or set TUNA_SHARED_DATA)", field="data")
+    return str(p)
+
+
+def _gen(backend: str, template: str, max_new_tokens: int, batch_size: int, dtype: str, device: str, base_url: str | None):
+    from evaluation.predictions import GenerationSettings
+
+    return GenerationSettings(backend=backend, template=template, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              dtype=dtype, device=device, base_url=base_url)
+
+
+def eval_superni(
+    model: str | None = None,
+    predictions: str | None = None,
+    references: str | None = None,
+    data: str | None = None,
+    limit: int | None = None,
+    tasks: list[str] | None = None,
+    num_pos_examples: int = 0,
+    template: str = "alpaca",
+    postprocess: str = "none",
+    backend: str = "hf",
+    max_new_tokens: int = 128,
+    max_source_length: int = 1024,
+    batch_size: int = 8,
+    dtype: str = "float32",
+    device: str = "cpu",
+    base_url: str | None = None,
+    out_root: str = "runs/eval",
+    tags: dict[str, Any] | None = None,
+) -> str:
+    """Super-NaturalInstructions test set (119 tasks x 100): ROUGE-L and exact match, overall/per category/per task.
+
+    Args:
+        model: Student to generate with (an embedded name, a HF folder or hub id). Omit with --predictions.
+        predictions: Score an existing predictions JSONL ({"id", "prediction"}) against --references; no model.
+        references: The official answer key (test_references.jsonl[.gz]); default: the shared data's copy.
+        data: Instances with inputs: a natural-instructions checkout or a JSONL slice (default: the 8-task slice).
+        limit: Instances per task (the official set is the first 100).
+        tasks: Only these task names.
+        num_pos_examples: 0 = definition only (zero-shot, default); k = definition + k positive examples (Tk-Instruct: 2).
+        template: How the student sees the Tk-Instruct text: alpaca | chat | raw.
+        postprocess: none (score the generated text as is, like the official script) | first_paragraph.
+        backend: hf | openai | vllm.
+        max_new_tokens: Generation length (Tk-Instruct: 128).
+        max_source_length: Demonstrations are added only while the source fits (tokens, Tk-Instruct: 1024).
+        batch_size: Prompts per generation batch.
+        dtype: Model weights dtype.
+        device: cpu | cuda.
+        base_url: OpenAI-compatible server for backend openai.
+        out_root: Where runs go: <out_root>/superni/<model>/<settings hash>/.
+        tags: Free labels stored in results.json (e.g. {"name": "Tuna", "lambda": 0.5}) for `tuna report`.
+    """
+    from evaluation import superni
+    from evaluation.predictions import Timer, generate_cached, render, start_run, write_results
+
+    timer = Timer()
+    if predictions:
+        key = references or _data_path(None, "superni/test_references.jsonl.gz")
+        metrics = superni.score_prediction_file(predictions, key, tasks=tasks)
+        out = Path(predictions).with_suffix(".metrics.json")
+        from tuna.records import atomic_write_json
+
+        settings = {"benchmark": "superni", "predictions": str(predictions), "references": str(key), "tasks": tasks}
+        metrics["wall_time_s"] = round(timer(), 3)
+        from evaluation.predictions import provenance
+
+        atomic_write_json(out, {"benchmark": "superni", "settings": settings, **provenance(None), "metrics": metrics})
+        print(f"Super-NI ({metrics['n']} instances): exact_match {metrics['exact_match']:.4f}  rougeL {metrics['rougeL']:.4f}"
+              f"  (missing {metrics['missing_predictions']}) -> {out}")
+        return str(out)
+    if not model:
+        raise TunaError("give --model (to generate) or --predictions (to score a file)", field="model")
+    data = _data_path(data, "superni/superni_test_slice.jsonl.gz")
+    rows = superni.load_instances(data, limit=limit, tasks=tasks)
+    gen = _gen(backend, template, max_new_tokens, batch_size, dtype, device, base_url)
+    settings = {"benchmark": "superni", "model": model, "data": str(data), "n_instances": len(rows), "limit": limit,
+                "tasks": tasks, "num_pos_examples": num_pos_examples, "max_source_length": max_source_length,
+                "postprocess": postprocess, "prompt_format": "tk-instruct", **gen.hashed()}
+    d = start_run(out_root, "superni", model, settings)
+    tok = None
+    if num_pos_examples > 0 and backend == "hf":
+        from tuna.models import load_tokenizer
+
+        tok = load_tokenizer(model)
+    sources = [superni.tk_instruct_prompt(r["definition"], r["input"], r.get("positive_examples"), num_pos_examples=num_pos_examples,
+                                          tokenizer=tok, max_source_length=max_source_length) for r in rows]
+    prompts = render(sources, template, model)
+    items = [{"id": r["id"], "task": r["task"], "prompt": p} for r, p in zip(rows, prompts)]
+    preds = generate_cached(items, d / "predictions.jsonl", model=model, gen=gen, desc="superni")
+    post = superni.strip_prediction if postprocess == "first_paragraph" else (lambda s: s)
+    metrics, per = superni.compute_metrics(rows, {k: post(v["prediction"]) for k, v in preds.items()})
+    import json
+
+    from tuna.records import atomic_write_text
+
+    atomic_write_text(d / "scores.jsonl", "".join(json.dumps(x) + "\n" for x in per))
+    path = write_results(d, benchmark="superni", model=model, settings=settings, metrics=metrics, wall_time_s=timer(), tags=tags)
+    print(f"Super-NI {model} ({metrics['n']} instances): rougeL {metrics['rougeL']:.2f}  exact_match {metrics['exact_match']:.2f} -> {path}")
+    return str(path)
+
+
+def eval_lmentry(
+    model: str,
+    data: str | None = None,
+    limit: int | None = None,
+    tasks: list[str] | None = None,
+    robustness_subsets: bool = True,
+    template: str = "alpaca",
+    truncate: bool = False,
+    backend: str = "hf",
+    max_new_tokens: int = 50,
+    batch_size: int = 8,
+    dtype: str = "float32",
+    device: str = "cpu",
+    base_url: str | None = None,
+    out_root: str = "runs/eval",
+    tags: dict[str, Any] | None = None,
+) -> str:
+    """LMentry: 25 tasks zero-shot, official regex scorers; accuracy, 4 robustness aspects and the LMentry score.
+
+    Args:
+        model: Student to generate with.
+        data: lmentry_tasks.json[.gz] (all 41 task files merged); default: the shared data's copy.
+        limit: Examples per task (spread over the 3 templates); robustness is then approximate.
+        tasks: Only these tasks (the score needs all 25 + the 16 subset files).
+        robustness_subsets: Also run the 16 argument-content subset files (needed for robustness).
+        template: alpaca | chat | raw.
+        truncate: Cut predictions at the first newline and '.' (upstream does this for base LMs only).
+        backend: hf | openai | vllm.
+        max_new_tokens: Generation length (upstream: 50).
+        batch_size: Prompts per generation batch.
+        dtype: Model weights dtype.
+        device: cpu | cuda.
+        base_url: OpenAI-compatible server for backend openai.
+        out_root: Where runs go.
+        tags: Free labels stored in results.json.
+    """
+    from evaluation import lmentry
+    from evaluation.lmentry_scorers import CORE_TASKS
+    from evaluation.predictions import Timer, generate_cached, render, start_run, write_results
+
+    timer = Timer()
+    data = _data_path(data, "lmentry/lmentry_tasks.json.gz")
+    all_tasks = lmentry.load_tasks(data)
+    names = list(tasks) if tasks else [*CORE_TASKS, *(lmentry.SUBSET_TASKS if robustness_subsets else [])]
+    unknown = [t for t in names if t not in all_tasks]
+    if unknown:
+        raise TunaError(f"unknown LMentry tasks: {', '.join(unknown)}", field="tasks")
+    gen = _gen(backend, template, max_new_tokens, batch_size, dtype, device, base_url)
+    settings = {"benchmark": "lmentry", "model": model, "data": str(data), "limit": limit, "tasks": names, "truncate": truncate, **gen.hashed()}
+    d = start_run(out_root, "lmentry", model, settings)
+    items = []
+    for t in names:
+        for eid, ex in lmentry.select_examples(all_tasks[t], limit):
+            items.append({"id": f"{t}/{eid}", "input": ex["input"]})
+    prompts = render([it["input"] for it in items], template, model)
+    for it, p in zip(items, prompts):
+        it["prompt"] = p
+    preds = generate_cached(items, d / "predictions.jsonl", model=model, gen=gen, desc="lmentry")
+    metrics, per = lmentry.score_rows(all_tasks, preds, truncate=truncate)
+    metrics["approximate"] = bool(limit) or not metrics["complete"]
+    if metrics["approximate"]:
+        metrics["note"] = ("limited or partial run: accuracies are over the evaluated examples only and robustness "
+                           "is an approximation of the full-benchmark value")
+    import json
+
+    from tuna.records import atomic_write_text
+
+    atomic_write_text(d / "scores.jsonl", "".join(json.dumps(x) + "\n" for x in per))
+    path = write_results(d, benchmark="lmentry", model=model, settings=settings, metrics=metrics, wall_time_s=timer(), tags=tags)
+    print(f"LMentry {model}: accuracy {metrics['accuracy']:.2f}  robustness {metrics['robustness']}  "
+          f"LMentry score {metrics['lmentry_score']}{'  (approximate)' if metrics['approximate'] else ''} -> {path}")
+    return str(path)
+
+
+def eval_vicuna(
+    model: str | None = None,
+    answers: str | None = None,
+    opponent: str = "gpt35",
+    data: str | None = None,
+    limit: int | None = None,
+    judge_model: str = "gpt-4",
+    judge_backend: str = "openai",
+    judge_base_url: str | None = None,
+    judge_api_key_env: str = "OPENAI_API_KEY",
+    judge_concurrency: int = 4,
+    judge_max_tokens: int | None = None,
+    max_cost: float | None = None,
+    price_per_1k_prompt: float = 0.0,
+    price_per_1k_completion: float = 0.0,
+    cache_dir: str | None = None,
+    strict_parse: bool = False,
+    template: str = "alpaca",
+    backend: str = "hf",
+    max_new_tokens: int = 512,
+    batch_size: int = 8,
+    dtype: str = "float32",
+    device: str = "cpu",
+    base_url: str | None = None,
+    out_root: str = "runs/eval",
+    tags: dict[str, Any] | None = None,
+) -> str:
+    """Vicuna QA (80 questions): pairwise review in both orders with FastChat's original reviewer prompts.
+
+    Args:
+        model: Student whose answers are generated (cached per settings).
+        answers: Use this answers JSONL ({"question_id", "text"}) or run directory instead of generating.
+        opponent: A model of FastChat's answer table (gpt35, bard, alpaca-13b, llama-13b, vicuna-13b, ...),
+            an answers JSONL or another run directory.
+        data: The vicuna_qa folder (question.jsonl, prompt.jsonl, reviewer.jsonl, old_eval_answers.jsonl.gz).
+        limit: First n questions.
+        judge_model: The reviewer model (FastChat used gpt-4).
+        judge_backend: openai (any OpenAI-compatible server) | hf (a local model, for tests and demos).
+        judge_base_url: Server URL for an OpenAI-compatible judge (e.g. a llama.cpp server).
+        judge_api_key_env: Environment variable holding the judge's API key.
+        judge_concurrency: Parallel judge requests.
+        judge_max_tokens: Override the reviewer's max_tokens (1024).
+        max_cost: Stop sending judge requests beyond this many dollars.
+        price_per_1k_prompt: Judge price per 1k prompt tokens (for the ledger / budget).
+        price_per_1k_completion: Judge price per 1k completion tokens.
+        cache_dir: Judge reply cache (default <out_root>/judge_cache).
+        strict_parse: Parse the first line exactly as eval_gpt_review.py (else lenient; see docs).
+        template: alpaca | chat | raw.
+        backend: hf | openai | vllm.
+        max_new_tokens: Answer length.
+        batch_size: Prompts per generation batch.
+        dtype: Model weights dtype.
+        device: cpu | cuda.
+        base_url: OpenAI-compatible server for the student (backend openai).
+        out_root: Where runs go.
+        tags: Free labels stored in results.json.
+    """
+    import json
+
+    from evaluation import vicuna
+    from evaluation.predictions import Timer, generate_cached, render, settings_hash, start_run, write_results
+    from tuna.records import atomic_write_json, atomic_write_text
+
+    timer = Timer()
+    data = _data_path(data, "vicuna_qa")
+    questions = vicuna.load_questions(data)[:limit] if limit else vicuna.load_questions(data)
+    reviewers = vicuna.load_reviewers(data)
+    if answers:
+        label, mine = vicuna.resolve_opponent(answers, data)
+        model_ref = model or label
+        ans_settings: dict[str, Any] = {"benchmark": "vicuna", "answers": str(answers)}
+    else:
+        if not model:
+            raise TunaError("give --model (to generate answers) or --answers", field="model")
+        model_ref = model
+        gen = _gen(backend, template, max_new_tokens, batch_size, dtype, device, base_url)
+        ans_settings = {"benchmark": "vicuna", "model": model, "limit": limit, **gen.hashed()}
+    d = start_run(out_root, "vicuna", model_ref, ans_settings)
+    if not answers:
+        prompts = render([q["text"] for q in questions], template, model)  # type: ignore[arg-type]
+        items = [{"id": str(q["question_id"]), "question_id": q["question_id"], "prompt": p} for q, p in zip(questions, prompts)]
+        rows = generate_cached(items, d / "predictions.jsonl", model=model, gen=gen, desc="vicuna answers")  # type: ignore[arg-type]
+        mine = {int(k): v["prediction"] for k, v in rows.items()}
+    opp_label, theirs = vicuna.resolve_opponent(opponent, data)
+    judge_settings = {"opponent": opp_label, "opponent_ref": opponent, "judge_model": judge_model, "judge_backend": judge_backend,
+                      "judge_base_url": judge_base_url, "strict_parse": strict_parse, "judge_max_tokens": judge_max_tokens,
+                      "questions": [q["question_id"] for q in questions], "reviewer_prompts": "fastchat/eval prompt.jsonl+reviewer.jsonl"}
+    jd = d / f"vs-{opp_label}-{settings_hash(judge_settings)}"
+    jd.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(jd / "settings.json", judge_settings)
+    reqs = vicuna.judge_requests(questions, mine, theirs, reviewers)
+    from tuna.feedback.client import ChatRequest, JudgeClient
+
+    client_kwargs: dict[str, Any] = dict(base_url=judge_base_url, api_key_env=judge_api_key_env, cache_dir=cache_dir or str(Path(out_root) / "judge_cache"),
+                                         concurrency=judge_concurrency, price_per_1k_prompt=price_per_1k_prompt,
+                                         price_per_1k_completion=price_per_1k_completion, max_cost=max_cost)
+    if judge_backend != "openai":
+        client_kwargs["backend"] = judge_backend
+    client = JudgeClient(judge_model, **client_kwargs)
+    chat = [ChatRequest(messages=r["messages"], temperature=r["temperature"], max_tokens=judge_max_tokens or r["max_tokens"]) for r in reqs]
+    replies = client.complete_many(chat, desc="vicuna review")
+    judgments = []
+    for r, rep in zip(reqs, replies):
+        scores = vicuna.parse_review(rep.text, strict=strict_parse) if rep.error is None else None
+        err = rep.error or (None if scores is not None else "unparseable first line")
+        judgments.append({"question_id": r["question_id"], "category": r["category"], "order": r["order"], "reviewer_id": r["reviewer_id"],
+                          "scores": list(scores) if scores else None, "error": err, "review": rep.text, "cached": rep.cached})
+    atomic_write_text(jd / "judgments.jsonl", "".join(json.dumps(j, ensure_ascii=False) + "\n" for j in judgments))
+    metrics = vicuna.combine(judgments)
+    metrics["judge_ledger"] = client.ledger
+    metrics["combine_rule"] = "sum of the model's scores over both orders vs the opponent's; equal = tie; error in either order = error"
+    settings = {**ans_settings, **judge_settings}
+    path = write_results(jd, benchmark="vicuna", model=model_ref, settings=settings, metrics=metrics, wall_time_s=timer(),
+                         tags={**(tags or {}), "opponent": opp_label})
+    print(f"Vicuna {model_ref} vs {opp_label}: win {metrics['win']} tie {metrics['tie']} lose {metrics['lose']} error {metrics['error']} -> {path}")
+    return str(path)
+
+
+def report(
+    runs: str = "runs/eval",
+    name: str = "main",
+    out: str = "results",
+    paper: str | None = "experiments/paper_numbers.example.yaml",
+    ablation: str | None = None,
+) -> str:
+    """Collect results.json files into the paper's tables (Markdown + LaTeX) and PNG plots under <out>/<name>/.
+
+    Args:
+        runs: Folder searched recursively for results.json.
+        name: Report name (sub-folder of out).
+        out: Output root.
+        paper: YAML with the paper's numbers (null = not available); empty string to leave the column out.
+        ablation: A knob (a tags key or settings key): adds an ablation table (rows = its values) and plots.
+    """
+    from evaluation.report import make_report
+
+    if paper == "experiments/paper_numbers.example.yaml" and not Path(paper).exists():
+        paper = None  # the default only applies inside the repository
+    d = make_report(runs, Path(out) / name, paper=paper or None, ablation=ablation)
+    print(f"report -> {d}")
+    return str(d)
+
+
+COMMANDS = {"eval": {"superni": eval_superni, "lmentry": eval_lmentry, "vicuna": eval_vicuna}, "report": report}

@@ -1,0 +1,289 @@
+"""Super-NaturalInstructions (default English track, 119 test tasks x first 100 instances = 11,810).
+
+* Data: a ``natural-instructions`` checkout (``tasks/*.json`` + ``splits/default/test_tasks.txt``) or a JSONL
+  slice with inputs (``shared/data/superni/superni_test_slice.jsonl.gz``: ``id, task, category, definition,
+  positive_examples, input, references``).
+* Prompt: the Tk-Instruct encoding (``src/ni_collator.py``): definition only (zero-shot, the default here) or
+  definition + k positive examples. The builder lives here (:func:`tk_instruct_prompt`) because it is part of
+  the benchmark protocol, not of the student's prompt format; the student's template (alpaca/chat/raw) wraps it.
+* Metrics exactly as ``natural-instructions/eval/automatic/evaluation.py`` / Tk-Instruct ``compute_metrics.py``:
+  exact match after lower-casing, dropping ``string.punctuation`` and folding white space (articles are kept),
+  ROUGE-L F1 from ``rouge_score`` (``use_stemmer=True``, default tokenizer); max over references, mean over
+  instances, x100, rounded to 4 decimals; overall, per category and per task; a missing prediction is ``""``.
+
+:class:`FastScorer` gives the same numbers as :func:`reference_metrics` (a plain loop over the official
+definition, kept for the parity test) but tokenises/stems each distinct text once and computes the LCS with a
+bit-parallel algorithm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import string
+from collections import defaultdict
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from tuna.errors import TunaError
+from tuna.records import iter_json_lines
+
+# Tk-Instruct's category -> reported metric map (compute_metrics.py).
+EM_CATEGORIES = {
+    "Textual Entailment", "Cause Effect Classification", "Coreference Resolution", "Dialogue Act Recognition",
+    "Answerability Classification", "Word Analogy",
+}
+ROUGE_CATEGORIES = {
+    "Overlap Extraction", "Keyword Tagging", "Question Rewriting", "Title Generation", "Data to Text", "Grammar Error Correction",
+}
+
+
+# ------------------------------------------------------------------------------------------------- prompts
+
+
+def _end_punct(s: str) -> str:
+    return s if s and s[-1] in string.punctuation else s + "."
+
+
+def tk_instruct_prompt(
+    definition: str,
+    instance_input: str,
+    positive_examples: list[dict[str, str]] | None = None,
+    *,
+    num_pos_examples: int = 0,
+    add_explanation: bool = False,
+    tokenizer: Any = None,
+    max_source_length: int = 1024,
+) -> str:
+    """The Tk-Instruct source text. Demonstrations are added only while the tokenised source still fits
+    ``max_source_length`` (when a tokenizer is given), as in DataCollatorForNI."""
+    task_input = _end_punct(f"Now complete the following example -\nInput: {instance_input.strip()}") + "\nOutput: "
+    definition_part = _end_punct("Definition: " + definition.strip()) + "\n\n" if definition else ""
+    demos: list[str] = []
+    for i, ex in enumerate((positive_examples or [])[:num_pos_examples]):
+        s = _end_punct(f" Positive Example {i + 1} -\nInput: {ex['input'].strip()}") + "\n"
+        s = _end_punct(s + f" Output: {ex['output'].strip()}") + "\n"
+        if add_explanation and ex.get("explanation"):
+            s = _end_punct(s + f" Explanation: {ex['explanation'].strip()}") + "\n"
+        s += "\n"
+        if tokenizer is not None:
+            n = len(tokenizer(definition_part + " ".join(demos) + s + task_input)["input_ids"])
+            if n > max_source_length:
+                break
+        demos.append(s)
+    return definition_part + "".join(demos) + task_input
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def load_references(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The official answer key (``create_reference_file.py`` format: ``id, references, task_id, task_category``)."""
+    rows = []
+    for line, obj in iter_json_lines(path):
+        for key in ("id", "references"):
+            if key not in obj:
+                raise TunaError("missing key", path=path, line=line, field=key)
+        if obj.get("track", "default") != "default":
+            continue
+        rows.append(obj)
+    return rows
+
+
+def load_instances(data: str | os.PathLike, *, limit: int | None = None, tasks: list[str] | None = None) -> list[dict[str, Any]]:
+    """Instances with inputs, in official order: ``{id, task, category, definition, positive_examples, input,
+    references}``. ``data`` is a JSONL(.gz) slice or a natural-instructions checkout. ``limit``: per task."""
+    p = Path(data)
+    rows: list[dict[str, Any]] = []
+    if p.is_dir():
+        split = p / "splits" / "default" / "test_tasks.txt"
+        if not split.exists():
+            raise TunaError("not a natural-instructions checkout (splits/default/test_tasks.txt missing)", path=p)
+        names = [t.strip() for t in split.read_text().splitlines() if t.strip()]
+        for name in names:
+            if tasks and name not in tasks:
+                continue
+            tf = p / "tasks" / f"{name}.json"
+            if not tf.exists():
+                raise TunaError("task file missing", path=tf)
+            td = json.loads(tf.read_text(encoding="utf-8"))
+            defin = td["Definition"][0] if isinstance(td["Definition"], list) else td["Definition"]
+            pos = [{"input": e["input"], "output": e["output"], "explanation": e.get("explanation", "")} for e in td.get("Positive Examples", [])]
+            for inst in td["Instances"][:100]:
+                rows.append({"id": inst["id"], "task": name, "category": td["Categories"][0], "definition": defin,
+                             "positive_examples": pos, "input": inst["input"], "references": list(inst["output"])})
+    else:
+        for _, obj in iter_json_lines(p):
+            if tasks and obj["task"] not in tasks:
+                continue
+            rows.append(obj)
+    if limit:
+        seen: dict[str, int] = defaultdict(int)
+        kept = []
+        for r in rows:
+            if seen[r["task"]] < limit:
+                kept.append(r)
+                seen[r["task"]] += 1
+        rows = kept
+    if not rows:
+        raise TunaError("no Super-NI instances selected", path=p)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------- metrics
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD-style without article removal: lower-case, drop string.punctuation, fold white space."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in _PUNCT)
+    return " ".join(s.split())
+
+
+_PUNCT = set(string.punctuation)
+
+
+def reference_metrics(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    """The plain official definition (one RougeScorer call per reference), kept for parity tests."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    em = rl = 0.0
+    for pred, refs in zip(predictions, references):
+        em += max(float(normalize_answer(pred) == normalize_answer(r)) for r in refs)
+        rl += max(scorer.score(prediction=pred, target=r)["rougeL"].fmeasure for r in refs)
+    n = len(predictions)
+    return {"exact_match": round(100.0 * em / n, 4), "rougeL": round(100.0 * rl / n, 4)}
+
+
+def lcs_length(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    """Length of the longest common subsequence (bit-parallel, Allison-Dix/Hyyro: O(len(b)) big-int ops)."""
+    if len(a) < len(b):
+        a, b = b, a
+    masks: dict[str, int] = {}
+    for i, tok in enumerate(b):
+        masks[tok] = masks.get(tok, 0) | (1 << i)
+    full = (1 << len(b)) - 1
+    v = full
+    for tok in a:
+        m = masks.get(tok)
+        if m is None:
+            continue
+        u = v & m
+        v = ((v + u) | (v - u)) & full
+    return len(b) - bin(v).count("1")
+
+
+class FastScorer:
+    """ROUGE-L F (rouge_score's default tokenizer + Porter stemmer) and EM with per-text caches."""
+
+    def __init__(self) -> None:
+        from rouge_score import tokenize
+        from rouge_score.tokenizers import DefaultTokenizer
+
+        self._tok = DefaultTokenizer(use_stemmer=True)
+        self._stemmer = self._tok._stemmer
+        self._nonalnum, self._spaces, self._valid = tokenize.NON_ALPHANUM_RE, tokenize.SPACES_RE, tokenize.VALID_TOKEN_RE
+        self.tokens = lru_cache(maxsize=1 << 18)(self._tokens)
+        self.stem = lru_cache(maxsize=1 << 18)(self._stemmer.stem)
+        self.norm = lru_cache(maxsize=1 << 18)(normalize_answer)
+
+    def _tokens(self, text: str) -> tuple[str, ...]:
+        # Same steps as rouge_score.tokenize.tokenize, with the stemmer memoised per word.
+        text = self._nonalnum.sub(" ", text.lower())
+        toks = [self.stem(x) if len(x) > 3 else x for x in self._spaces.split(text)]
+        return tuple(x for x in toks if self._valid.match(x))
+
+    def rouge_l(self, pred: str, ref: str) -> float:
+        p, r = self.tokens(pred), self.tokens(ref)
+        if not p or not r:
+            return 0.0
+        if p == r:
+            lcs = len(p)
+        else:
+            lcs = lcs_length(r, p)
+        precision, recall = lcs / len(p), lcs / len(r)
+        return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+    def score(self, pred: str, refs: Iterable[str]) -> tuple[float, float]:
+        np_ = self.norm(pred)
+        refs = list(refs)
+        em = max(float(np_ == self.norm(r)) for r in refs)
+        rl = max(self.rouge_l(pred, r) for r in refs)
+        return em, rl
+
+
+def _agg(pairs: list[tuple[float, float]]) -> dict[str, float]:
+    n = len(pairs)
+    return {"exact_match": round(100.0 * sum(p[0] for p in pairs) / n, 4), "rougeL": round(100.0 * sum(p[1] for p in pairs) / n, 4), "n": n}
+
+
+def compute_metrics(
+    rows: list[dict[str, Any]], predictions: dict[str, str], scorer: FastScorer | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``rows``: ``{id, references, task (or task_id), category (or task_category)}``. Returns (metrics, per-instance)."""
+    scorer = scorer or FastScorer()
+    by_cat: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    by_task: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    allp: list[tuple[float, float]] = []
+    per: list[dict[str, Any]] = []
+    missing = 0
+    for r in rows:
+        rid = str(r["id"])
+        if rid not in predictions:
+            missing += 1
+        pred = predictions.get(rid, "")
+        if pred is None:
+            pred = ""
+        em, rl = scorer.score(str(pred), r["references"])
+        task = r.get("task") or r.get("task_id")
+        cat = r.get("category") or r.get("task_category")
+        allp.append((em, rl))
+        by_cat[cat].append((em, rl))
+        by_task[task].append((em, rl))
+        per.append({"id": rid, "task": task, "exact_match": em, "rougeL": round(rl, 6)})
+    per_cat = {c: _agg(v) for c, v in sorted(by_cat.items())}
+    for c, m in per_cat.items():
+        m["tk_metric"] = "exact_match" if c in EM_CATEGORIES else "rougeL" if c in ROUGE_CATEGORIES else None
+    metrics = {
+        **_agg(allp),
+        "missing_predictions": missing,
+        "per_category": per_cat,
+        "per_task": {t: _agg(v) for t, v in by_task.items()},
+    }
+    return metrics, per
+
+
+def read_predictions(path: str | os.PathLike) -> dict[str, str]:
+    preds: dict[str, str] = {}
+    for line, obj in iter_json_lines(path):
+        if "id" not in obj:
+            raise TunaError("missing key", path=path, line=line, field="id")
+        pred = obj.get("prediction", obj.get("output"))
+        if pred is not None and not isinstance(pred, str):
+            raise TunaError(f"prediction must be a string, got {type(pred).__name__}", path=path, line=line, field="prediction")
+        preds[str(obj["id"])] = pred or ""
+    return preds
+
+
+def score_prediction_file(predictions: str | os.PathLike, references: str | os.PathLike, *, tasks: list[str] | None = None) -> dict[str, Any]:
+    """Like the official script: every instance of the answer key is scored; a missing prediction is ``""``."""
+    refs = load_references(references)
+    if tasks:
+        refs = [r for r in refs if r["task_id"] in tasks]
+    preds = read_predictions(predictions)
+    known = {str(r["id"]) for r in refs}
+    unknown = sum(1 for k in preds if k not in known)
+    metrics, _ = compute_metrics(refs, preds)
+    metrics["unknown_prediction_ids"] = unknown
+    return metrics
+
+
+def strip_prediction(text: str) -> str:
+    """Keep the first paragraph of a causal LM's answer (models keep writing new 'Input:' blocks)."""
+    text = text.strip()
+    cut = re.split(r"\n\s*\n|\n(?:Input|Definition|Now complete|Positive Example)\b", text, maxsplit=1)
+    return cut[0].strip()

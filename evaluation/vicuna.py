@@ -1,0 +1,205 @@
+"""Vicuna QA: 80 questions, pairwise review with FastChat's original reviewer prompts (``fastchat/eval``).
+
+* Reviewer: ``reviewer.jsonl`` picks the prompt by question category (``coding`` -> coding prompt, ``math`` ->
+  math prompt, anything else -> general), as ``eval_gpt_review.py`` did; temperature/max_tokens from its
+  metadata (0.2 / 1024). The user message is ``prompt_template.format(question, answer_1, answer_2, prompt)``
+  with the prompt's system message.
+* Both orders are judged (model as Assistant 1, then as Assistant 2) to cancel position bias.
+* Parsing: the first line of the review, commas turned into spaces, two numbers. ``strict`` is the original
+  (``line.split(' ')`` must give exactly two parts, so "8, 7" fails there); ``lenient`` (default) splits on any
+  white space, strips brackets (the math prompt asks for a Python tuple) and accepts a first line such as
+  "Assistant 1: 8/10, Assistant 2: 7/10". A review that does not parse is recorded as an error (never -1).
+* Combining the orders: the model's two scores are summed and compared with the opponent's two: higher = win,
+  equal = tie, lower = lose. A question with an error in either order counts in ``errors`` and in none of
+  win/tie/lose. Per-order outcomes and the order-consistency rate are reported too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from tuna.errors import TunaError
+from tuna.records import iter_json_lines
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    return [obj for _, obj in iter_json_lines(path)]
+
+
+def load_questions(data_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    return read_jsonl(Path(data_dir) / "question.jsonl")
+
+
+def load_reviewers(data_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``{category: {"system", "template", "prompt", "temperature", "max_tokens", "reviewer_id"}}``."""
+    d = Path(data_dir)
+    prompts = {p["prompt_id"]: p for p in read_jsonl(d / "prompt.jsonl")}
+    out = {}
+    for r in read_jsonl(d / "reviewer.jsonl"):
+        p = prompts[r["prompt_id"]]
+        out[r["category"]] = {
+            "reviewer_id": r["reviewer_id"],
+            "system": p["system_prompt"],
+            "template": p["prompt_template"],
+            "defaults": p.get("defaults", {}),
+            "temperature": r["metadata"].get("temperature", 0.2),
+            "max_tokens": r["metadata"].get("max_tokens", 1024),
+        }
+    if "general" not in out:
+        raise TunaError("reviewer.jsonl has no general reviewer", path=d / "reviewer.jsonl")
+    return out
+
+
+def reviewer_for(category: str, reviewers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return reviewers.get(category) if category in ("coding", "math") and category in reviewers else reviewers["general"]  # type: ignore[return-value]
+
+
+def review_messages(question: str, answer_1: str, answer_2: str, reviewer: dict[str, Any]) -> list[dict[str, str]]:
+    content = reviewer["template"].format(question=question, answer_1=answer_1, answer_2=answer_2, **reviewer["defaults"])
+    return [{"role": "system", "content": reviewer["system"]}, {"role": "user", "content": content}]
+
+
+_NUM = r"(\d+(?:\.\d+)?)"
+
+
+def parse_review(review: str | None, *, strict: bool = False) -> tuple[float, float] | None:
+    """Two scores from the review's first line, or None when it cannot be parsed."""
+    if not review:
+        return None
+    first = review.split("\n")[0]
+    if strict:
+        parts = first.replace(",", " ").split(" ")
+        if len(parts) != 2:
+            return None
+        try:
+            return float(parts[0]), float(parts[1])
+        except ValueError:
+            return None
+    line = first.strip().replace(",", " ")
+    bare = line.strip("()[]{}* ").strip()
+    parts = bare.split()
+    if len(parts) == 2:
+        try:
+            return float(parts[0].rstrip(".")), float(parts[1].rstrip("."))
+        except ValueError:
+            pass
+    m = re.fullmatch(rf"\W*assistant\s*1\W*{_NUM}(?:\s*/\s*10)?\W+assistant\s*2\W*{_NUM}(?:\s*/\s*10)?\W*", bare, flags=re.IGNORECASE)
+    if m:
+        return float(m.group(1)), float(m.group(2))
+    return None
+
+
+def load_answer_file(path: str | os.PathLike) -> dict[int, str]:
+    """Answers keyed by question id from a JSONL with ``question_id``/``id`` and ``text``/``prediction``."""
+    out: dict[int, str] = {}
+    for line, obj in iter_json_lines(path):
+        qid = obj.get("question_id", obj.get("id"))
+        text = obj.get("text", obj.get("prediction"))
+        if qid is None or text is None:
+            raise TunaError("an answer needs question_id (or id) and text (or prediction)", path=path, line=line)
+        out[int(qid)] = text
+    return out
+
+
+def old_eval_models(data_dir: str | os.PathLike) -> dict[str, dict[int, str]]:
+    p = Path(data_dir) / "old_eval_answers.jsonl.gz"
+    by: dict[str, dict[int, str]] = defaultdict(dict)
+    with gzip.open(p, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                o = json.loads(line)
+                by[o["answer_file_model"]][int(o["question_id"])] = o["text"]
+    return dict(by)
+
+
+def resolve_opponent(opponent: str, data_dir: str | os.PathLike) -> tuple[str, dict[int, str]]:
+    """A model of FastChat's answer table (gpt35, bard, alpaca-13b, llama-13b, vicuna-13b, ...), an answers JSONL,
+    or an evaluation run directory (its predictions.jsonl)."""
+    p = Path(opponent)
+    if p.is_dir() and (p / "predictions.jsonl").exists():
+        return p.name, load_answer_file(p / "predictions.jsonl")
+    if p.is_file():
+        return p.stem, load_answer_file(p)
+    table = old_eval_models(data_dir)
+    if opponent in table:
+        return opponent, table[opponent]
+    raise TunaError(f"unknown opponent {opponent!r}: not a file, run directory or one of {', '.join(sorted(table))}", field="opponent")
+
+
+def judge_requests(questions: list[dict[str, Any]], mine: dict[int, str], theirs: dict[int, str], reviewers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Two requests per question: order "AB" (model is Assistant 1) and "BA" (model is Assistant 2)."""
+    out = []
+    for q in questions:
+        qid = int(q["question_id"])
+        if qid not in mine or qid not in theirs:
+            continue
+        rv = reviewer_for(q.get("category", ""), reviewers)
+        for order in ("AB", "BA"):
+            a1, a2 = (mine[qid], theirs[qid]) if order == "AB" else (theirs[qid], mine[qid])
+            out.append({"question_id": qid, "category": q.get("category", ""), "order": order, "reviewer_id": rv["reviewer_id"],
+                        "messages": review_messages(q["text"], a1, a2, rv), "temperature": rv["temperature"], "max_tokens": rv["max_tokens"]})
+    return out
+
+
+def combine(judgments: list[dict[str, Any]]) -> dict[str, Any]:
+    """``judgments``: ``{question_id, category, order, scores: [s1, s2] | None}``. See module doc for the rule."""
+    by_q: dict[int, dict[str, Any]] = defaultdict(dict)
+    cats: dict[int, str] = {}
+    for j in judgments:
+        by_q[j["question_id"]][j["order"]] = j.get("scores")
+        cats[j["question_id"]] = j.get("category", "")
+
+    def empty() -> dict[str, int]:
+        return {"win": 0, "tie": 0, "lose": 0, "error": 0}
+
+    total, per_cat = empty(), defaultdict(empty)
+    per_order = {"AB": empty(), "BA": empty()}
+    consistent = both = 0
+    sum_m = sum_o = 0.0
+    n_scored = 0
+    per_question = []
+    for qid in sorted(by_q):
+        o = by_q[qid]
+        outcomes = {}
+        for order in ("AB", "BA"):
+            s = o.get(order)
+            if s is None:
+                per_order[order]["error"] += 1
+                continue
+            m, t = (s[0], s[1]) if order == "AB" else (s[1], s[0])
+            r = "win" if m > t else "lose" if m < t else "tie"
+            per_order[order][r] += 1
+            outcomes[order] = r
+        if o.get("AB") is None or o.get("BA") is None:
+            res = "error"
+        else:
+            m = o["AB"][0] + o["BA"][1]
+            t = o["AB"][1] + o["BA"][0]
+            sum_m += m / 2
+            sum_o += t / 2
+            n_scored += 1
+            res = "win" if m > t else "lose" if m < t else "tie"
+            both += 1
+            consistent += outcomes["AB"] == outcomes["BA"]
+        total[res] += 1
+        per_cat[cats[qid]][res] += 1
+        per_question.append({"question_id": qid, "category": cats[qid], "result": res})
+    decided = total["win"] + total["tie"] + total["lose"]
+    return {
+        **total,
+        "n": len(by_q),
+        "win_rate": round(100 * total["win"] / decided, 2) if decided else None,
+        "win_rate_adjusted": round(100 * (total["win"] + 0.5 * total["tie"]) / decided, 2) if decided else None,
+        "mean_score": round(sum_m / n_scored, 3) if n_scored else None,
+        "mean_score_opponent": round(sum_o / n_scored, 3) if n_scored else None,
+        "order_consistency": round(100 * consistent / both, 2) if both else None,
+        "per_order": per_order,
+        "per_category": dict(sorted(per_cat.items())),
+        "per_question": per_question,
+    }
