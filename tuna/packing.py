@@ -51,6 +51,10 @@ class PackedBatch:
     """[M] flat index into the [B·S, T-1] log-prob layout."""
     num_tokens: int
     """Real tokens in the packed rows (prompt counted once per record under prefix sharing)."""
+    spans: list[list[tuple[int, int, int, int]]]
+    """Per row, the attention spans in row order ``(q_start, q_end, prefix_start, prefix_end)``: queries
+    ``[q_start, q_end)`` attend causally to themselves and fully to ``[prefix_start, prefix_end)`` (empty for a
+    sequence or a shared prompt; the record's prompt for a response under prefix sharing)."""
 
     @property
     def num_slots(self) -> int:
@@ -78,7 +82,7 @@ def pack_batch(batch: dict[str, torch.Tensor], *, mode: PackMode = "packed", cap
     """The padded ``[B, S, T]`` batch of ``collate_padded`` → a :class:`PackedBatch`.
 
     ``capacity``: row length; None packs into rows as long as the longest segment (a segment longer than
-    ``capacity`` gets a row of its own)."""
+    ``capacity`` gets a row of its own); −1 puts everything in one row (for the span attention)."""
     input_ids, attn, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     b, s, t = input_ids.shape
     lens = attn.sum(-1).tolist()  # [B][S] prompt + response lengths (right-padded)
@@ -113,7 +117,7 @@ def pack_batch(batch: dict[str, torch.Tensor], *, mode: PackMode = "packed", cap
             raise ValueError(f"unknown pack mode {mode!r} (packed | prefix_shared)")
 
     seg_lens = [len(sg[0]) for sg in segments]
-    cap = max(max(seg_lens, default=1), capacity or 0)
+    cap = sum(seg_lens) if capacity == -1 else max(max(seg_lens, default=1), capacity or 0)
     bins = _first_fit_decreasing(seg_lens, cap)
     rows = len(bins)
     row_len = max((sum(seg_lens[j] for j in bn) for bn in bins), default=1)
@@ -122,8 +126,10 @@ def pack_batch(batch: dict[str, torch.Tensor], *, mode: PackMode = "packed", cap
     group = -1 - torch.arange(rows * row_len, dtype=torch.long).view(rows, row_len)
     branch = torch.zeros((rows, row_len), dtype=torch.long)
     pred, tgt, out = [], [], []
+    row_spans: list[list[tuple[int, int, int, int]]] = []
     for r, bn in enumerate(bins):
         col = 0
+        row_spans.append([])
         for j in bn:
             toks, ps, br, spans = segments[j]
             n = len(toks)
@@ -132,6 +138,12 @@ def pack_batch(batch: dict[str, torch.Tensor], *, mode: PackMode = "packed", cap
             branch[r, col : col + n] = torch.tensor(br)
             group[r, col : col + n] = j
             base = r * row_len + col
+            if mode == "prefix_shared":
+                p = spans[0][2] if spans else n
+                row_spans[r].append((col, col + p, col, col))
+                row_spans[r].extend((col + st, col + st + rl, col, col + p) for _, st, _, rl in spans if rl)
+            else:
+                row_spans[r].append((col, col + n, col, col))
             for slot, start, p, rl in spans:
                 if rl == 0:
                     continue
@@ -143,8 +155,11 @@ def pack_batch(batch: dict[str, torch.Tensor], *, mode: PackMode = "packed", cap
                 tgt.append(torch.tensor(toks[start : start + rl]))
                 out.append(slot * (t - 1) + torch.arange(p - 1, p - 1 + rl))
             col += n
-    cat = (lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long))
-    return PackedBatch(ids, pos, group, branch, cat(pred), cat(tgt), cat(out), sum(seg_lens))
+
+    def cat(xs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long)
+
+    return PackedBatch(ids, pos, group, branch, cat(pred), cat(tgt), cat(out), sum(seg_lens), row_spans)
 
 
 def attention_mask_4d(pb: PackedBatch, *, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
@@ -162,12 +177,75 @@ def attention_mask_4d(pb: PackedBatch, *, attn_implementation: str, dtype: torch
     raise ValueError(f"packed layouts need attn_implementation sdpa or eager, got {attn_implementation!r}")
 
 
+SPAN_ATTENTION = "tuna_spans"
+
+
+def span_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any,
+                   scaling: float | None = None, dropout: float = 0.0, tuna_spans: Any = None, **kwargs: Any):
+    """Variable-length attention for one packed row (a transformers ``AttentionInterface`` function).
+
+    ``query [1, H, L, D]``, ``key/value [1, H_kv, L, D]``; ``tuna_spans`` = ``(q_start, q_end, prefix_start,
+    prefix_end, mask)`` in row order covering the row: each span's queries attend causally to the span and
+    fully to its prefix (``mask`` is the ``[q, prefix + q]`` boolean mask then, else None and plain causal SDPA).
+    Only the unmasked blocks are computed: no padding, no cross-sequence work, no quadratic mask."""
+    if query.shape[0] != 1:
+        raise ValueError("span attention expects a single packed row")
+    n_rep = query.shape[1] // key.shape[1]
+    if n_rep > 1:  # GQA: the math/flash CPU kernels want equal heads
+        key = key.repeat_interleave(n_rep, dim=1)
+        value = value.repeat_interleave(n_rep, dim=1)
+    outs = []
+    for qs, qe, ps, pe, mask in tuna_spans:
+        q = query[:, :, qs:qe]
+        if mask is None:
+            o = torch.nn.functional.scaled_dot_product_attention(q, key[:, :, qs:qe], value[:, :, qs:qe], is_causal=True,
+                                                                 scale=scaling, dropout_p=dropout)
+        else:
+            k = torch.cat([key[:, :, ps:pe], key[:, :, qs:qe]], dim=2)
+            v = torch.cat([value[:, :, ps:pe], value[:, :, qs:qe]], dim=2)
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, dropout_p=dropout)
+        outs.append(o)
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _register_span_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(SPAN_ATTENTION, span_attention)
+
+
+def _span_args(pb: PackedBatch, device: torch.device) -> list[tuple[int, int, int, int, torch.Tensor | None]]:
+    out = []
+    for qs, qe, ps, pe in pb.spans[0]:
+        mask = None
+        if pe > ps:
+            q, p = qe - qs, pe - ps
+            mask = torch.ones((q, p + q), dtype=torch.bool, device=device)
+            mask[:, p:] = torch.ones((q, q), dtype=torch.bool, device=device).tril()
+        out.append((qs, qe, ps, pe, mask))
+    return out
+
+
+def _configs(lm: Any) -> list[Any]:
+    seen: dict[int, Any] = {}
+    for m in lm.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and hasattr(cfg, "_attn_implementation_internal"):
+            seen.setdefault(id(cfg), cfg)
+    return list(seen.values())
+
+
 def packed_response_logprobs(
-    model: Any, batch: dict[str, torch.Tensor], *, mode: PackMode = "packed", capacity: int | None = None,
-    chunk_tokens: int = 2048,
+    model: Any, batch: dict[str, torch.Tensor], *, mode: PackMode = "packed", attention: Literal["spans", "mask"] = "spans",
+    capacity: int | None = None, chunk_tokens: int = 2048,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(token_logps, token_mask)`` [B, S, T-1], equal to ``response_token_logprobs(mode='full')`` but computed
-    on a padding-free (and, for ``prefix_shared``, prompt-once) layout."""
+    on a padding-free (and, for ``prefix_shared``, prompt-once) layout.
+
+    ``attention='spans'`` (default): everything in one row, attention by :func:`span_attention` (exact
+    variable-length attention, registered with transformers' ``AttentionInterface`` and switched in for this
+    call only). ``attention='mask'``: rows of ``capacity`` tokens with the model's own sdpa/eager attention and
+    a 4-D block mask (portable, but computes the masked blocks too)."""
     from tuna.forward import _causal_lm, _softcap, chunked_response_logprobs
 
     lm = _causal_lm(model)
@@ -176,15 +254,30 @@ def packed_response_logprobs(
     device = input_ids.device
     pad_id = getattr(lm.config, "pad_token_id", None) or 0
     pb = pack_batch({k: batch[k].cpu() for k in ("input_ids", "attention_mask", "labels")}, mode=mode,
-                    capacity=capacity, pad_id=pad_id)
-    impl = getattr(lm.config, "_attn_implementation", None) or "sdpa"
-    emb = lm.get_input_embeddings()
-    dtype = emb.weight.dtype
-    if torch.is_autocast_enabled(device.type):
-        dtype = torch.get_autocast_dtype(device.type)
-    mask = attention_mask_4d(pb, attn_implementation=impl, dtype=dtype).to(device)
-    hidden = lm.get_decoder()(input_ids=pb.input_ids.to(device), position_ids=pb.position_ids.to(device),
-                              attention_mask=mask, use_cache=False).last_hidden_state
+                    capacity=-1 if attention == "spans" else capacity, pad_id=pad_id)
+    decoder = lm.get_decoder()
+    ids, pos = pb.input_ids.to(device), pb.position_ids.to(device)
+    if attention == "spans":
+        _register_span_attention()
+        cfgs = _configs(lm)
+        saved = [c._attn_implementation_internal for c in cfgs]
+        try:
+            for c in cfgs:
+                c._attn_implementation_internal = SPAN_ATTENTION
+            hidden = decoder(input_ids=ids, position_ids=pos, attention_mask=None, use_cache=False,
+                             tuna_spans=_span_args(pb, device)).last_hidden_state
+        finally:
+            for c, v in zip(cfgs, saved):
+                c._attn_implementation_internal = v
+    elif attention == "mask":
+        impl = getattr(lm.config, "_attn_implementation", None) or "sdpa"
+        dtype = lm.get_input_embeddings().weight.dtype
+        if torch.is_autocast_enabled(device.type):
+            dtype = torch.get_autocast_dtype(device.type)
+        mask = attention_mask_4d(pb, attn_implementation=impl, dtype=dtype).to(device)
+        hidden = decoder(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state
+    else:
+        raise ValueError(f"unknown packed attention {attention!r} (spans | mask)")
     hidden = hidden.reshape(-1, hidden.shape[-1])
     picked = chunked_response_logprobs(hidden[pb.pred_index.to(device)], lm.get_output_embeddings(), pb.target.to(device),
                                        softcap=_softcap(lm), chunk_tokens=chunk_tokens)
