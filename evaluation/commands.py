@@ -206,7 +206,10 @@ def eval_vicuna(
     judge_backend: str = "openai",
     judge_base_url: str | None = None,
     judge_api_key_env: str = "OPENAI_API_KEY",
+    judge_api_key_file: str | None = None,
     judge_concurrency: int = 4,
+    judge_timeout: float = 120.0,
+    judge_max_retries: int = 6,
     judge_max_tokens: int | None = None,
     max_cost: float | None = None,
     price_per_1k_prompt: float = 0.0,
@@ -236,7 +239,10 @@ def eval_vicuna(
         judge_backend: openai (any OpenAI-compatible server) | hf (a local model, for tests and demos).
         judge_base_url: Server URL for an OpenAI-compatible judge (e.g. a llama.cpp server).
         judge_api_key_env: Environment variable holding the judge's API key.
+        judge_api_key_file: A file whose first line is the judge's API key (instead of judge_api_key_env).
         judge_concurrency: Parallel judge requests.
+        judge_timeout: Seconds per judge request.
+        judge_max_retries: Retries per judge request (429/5xx/timeouts, exponential back-off).
         judge_max_tokens: Override the reviewer's max_tokens (1024).
         max_cost: Stop sending judge requests beyond this many dollars.
         price_per_1k_prompt: Judge price per 1k prompt tokens (for the ledger / budget).
@@ -289,14 +295,17 @@ def eval_vicuna(
     reqs = vicuna.judge_requests(questions, mine, theirs, reviewers)
     from tuna.feedback.client import ChatRequest, JudgeClient
 
-    client_kwargs: dict[str, Any] = dict(base_url=judge_base_url, api_key_env=judge_api_key_env, cache_dir=cache_dir or str(Path(out_root) / "judge_cache"),
-                                         concurrency=judge_concurrency, price_per_1k_prompt=price_per_1k_prompt,
+    client_kwargs: dict[str, Any] = dict(base_url=judge_base_url, api_key_env=judge_api_key_env, api_key_file=judge_api_key_file,
+                                         cache_dir=cache_dir or str(Path(out_root) / "judge_cache"),
+                                         concurrency=judge_concurrency, timeout=judge_timeout, max_retries=judge_max_retries,
+                                         price_per_1k_prompt=price_per_1k_prompt,
                                          price_per_1k_completion=price_per_1k_completion, max_cost=max_cost)
     if judge_backend != "openai":
         client_kwargs["backend"] = judge_backend
     client = JudgeClient(judge_model, **client_kwargs)
     chat = [ChatRequest(messages=r["messages"], temperature=r["temperature"], max_tokens=judge_max_tokens or r["max_tokens"]) for r in reqs]
-    replies = client.complete_many(chat, desc="vicuna review")
+    with client:  # closes the reply cache
+        replies = client.complete_many(chat, desc="vicuna review")
     judgments = []
     for r, rep in zip(reqs, replies):
         scores = vicuna.parse_review(rep.text, strict=strict_parse) if rep.error is None else None

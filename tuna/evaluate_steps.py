@@ -38,6 +38,7 @@ def evaluate_model(bench: str, model: str, label: str, out: Path, ecfg: Any, jud
         with judge_endpoint(judge) as (jmodel, jbackend, jurl):
             path = ev.eval_vicuna(model=model, opponent=ecfg.vicuna_opponent, limit=ecfg.vicuna_limit, judge_model=jmodel,
                                   judge_backend=jbackend, judge_base_url=jurl, judge_api_key_env=judge.api_key_env,
+                                  judge_api_key_file=judge.api_key_file,
                                   judge_concurrency=judge.concurrency, max_cost=judge.max_cost,
                                   price_per_1k_prompt=judge.price_per_1k_prompt,
                                   price_per_1k_completion=judge.price_per_1k_completion,

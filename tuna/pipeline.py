@@ -64,6 +64,8 @@ class TeacherConfig:
     """hf | openai | vllm."""
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    api_key_file: str | None = None
+    """A file whose first line is the API key (instead of ``api_key_env``); never logged or written."""
     mode: str = "completions"
     n: int = 4
     temperature: float = 1.0
@@ -103,6 +105,8 @@ class JudgeConfig:
     """openai (any OpenAI-compatible URL) | llamacpp (a local llama.cpp server) | hf (in process)."""
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    api_key_file: str | None = None
+    """A file whose first line is the API key (instead of ``api_key_env``); never logged or written."""
     temperature: float = 1.0
     max_tokens: int = 384
     shuffles: int = 0
@@ -217,12 +221,22 @@ class Manifest:
     def save(self) -> None:
         self._write(self.path, self.data)
 
-    def run(self, name: str, inputs: dict[str, Any], outputs: list[Path], fn: Callable[[], Any]) -> float:
-        """Run ``fn`` unless a finished run with the same inputs already produced ``outputs``."""
+    def run(self, name: str, inputs: dict[str, Any], outputs: list[Path], fn: Callable[[], Any],
+            shared_marker: Path | None = None) -> float:
+        """Run ``fn`` unless a finished run with the same inputs already produced ``outputs``.
+
+        ``shared_marker``: for outputs shared between runs (a sweep's teacher data): a file beside them holding the
+        inputs' hash once they are complete, so another run's manifest can skip the step too."""
         key = config_hash(inputs)
         prev = self.data["steps"].get(name)
-        if prev and prev.get("status") == "done" and prev.get("inputs_hash") == key and all(p.exists() for p in outputs):
+        done_here = prev and prev.get("status") == "done" and prev.get("inputs_hash") == key
+        done_shared = shared_marker is not None and shared_marker.exists() and shared_marker.read_text().strip() == key
+        if (done_here or done_shared) and all(p.exists() for p in outputs):
             log.info("step %s: done already (inputs unchanged), skipping", name)
+            if not done_here:
+                self.data["steps"][name] = {"status": "done", "inputs_hash": key, "inputs": inputs, "shared": True,
+                                            "outputs": [str(p) for p in outputs], "wall_s": 0.0}
+                self.save()
             return 0.0
         self.data["steps"][name] = {"status": "running", "inputs_hash": key, "inputs": inputs,
                                     "outputs": [str(p) for p in outputs], "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -234,6 +248,10 @@ class Manifest:
         self.data["steps"][name].update({"status": "done", "wall_s": round(wall, 1),
                                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
         self.save()
+        if shared_marker is not None:
+            from tuna.records import atomic_write_text
+
+            atomic_write_text(shared_marker, key)
         return wall
 
     def timings(self) -> dict[str, float]:
@@ -306,12 +324,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         t = cfg.teacher
         man.run("teacher_sample", {"teacher": asdict(t), "slice": asdict(cfg.prob_instructions)}, [cands], lambda: fb.sample(
             input=src, out=str(cands), model=t.model, backend=t.backend, base_url=t.base_url, api_key_env=t.api_key_env,
-            mode=t.mode, limit=cfg.prob_instructions.limit, offset=cfg.prob_instructions.offset, template=t.template,
-            n=t.n, temperature=t.temperature, top_p=t.top_p, max_new_tokens=t.max_new_tokens, seed=cfg.seed,
-            logprobs=True, dedup=t.dedup, batch_size=t.batch_size, dtype=t.dtype) and None)
+            api_key_file=t.api_key_file, mode=t.mode, limit=cfg.prob_instructions.limit, offset=cfg.prob_instructions.offset,
+            template=t.template, n=t.n, temperature=t.temperature, top_p=t.top_p, max_new_tokens=t.max_new_tokens, seed=cfg.seed,
+            logprobs=True, dedup=t.dedup, batch_size=t.batch_size, dtype=t.dtype) and None,
+            shared_marker=cands.with_suffix(".done"))
         man.run("teacher_score", {"candidates": file_hash(cands), "method": t.method, "beta": t.beta, "scorer": t.scorer},
                 [ranked], lambda: fb.score(input=str(cands), out=str(ranked), method=t.method, beta=t.beta,
-                                           model=(t.scorer or t.model), template=t.template) and None)
+                                           model=(t.scorer or t.model), template=t.template) and None,
+                shared_marker=ranked.with_suffix(".done"))
 
     def context_step(tag: str, generator: str) -> Path:
         """The student `generator` samples, the judge ranks: returns the ranked file."""
@@ -327,8 +347,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             dtype=s.dtype) and None)
         man.run(f"judge_{tag}", {"candidates": file_hash(cands), "judge": asdict(j)}, [ranked], lambda: (fb.judge(
             input=str(cands), out=str(ranked), model=j.model, backend=j.backend, base_url=j.base_url, api_key_env=j.api_key_env,
-            temperature=j.temperature, max_tokens=j.max_tokens, shuffles=j.shuffles, reference=j.reference, missing=j.missing,
-            concurrency=j.concurrency, max_cost=j.max_cost, price_per_1k_prompt=j.price_per_1k_prompt,
+            api_key_file=j.api_key_file, temperature=j.temperature, max_tokens=j.max_tokens, shuffles=j.shuffles,
+            reference=j.reference, missing=j.missing, concurrency=j.concurrency, max_cost=j.max_cost, price_per_1k_prompt=j.price_per_1k_prompt,
             price_per_1k_completion=j.price_per_1k_completion, seed=cfg.seed), _judge_summary(ranked))[1])
         return ranked
 

@@ -195,7 +195,10 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def repair_jsonl(path: str | os.PathLike) -> int:
-    """Cut a half-written last line left by a crash. Returns the number of bytes removed."""
+    """Cut a half-written last line left by a crash. Returns the number of bytes removed.
+
+    A last line that is a whole JSON object without its newline (a file written by another tool) is kept and
+    gets its newline: only a torn line is cut."""
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return 0
@@ -204,6 +207,15 @@ def repair_jsonl(path: str | os.PathLike) -> int:
         if data.endswith(b"\n"):
             return 0
         keep = data.rfind(b"\n") + 1
+        try:
+            whole = isinstance(json.loads(data[keep:].decode("utf-8")), dict)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            whole = False
+        if whole:
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+            return 0
         f.truncate(keep)
         return len(data) - keep
 

@@ -137,7 +137,12 @@ def run_training(stage: str, cfg: TrainConfig, *, callbacks: list[Any] | None = 
             raise TunaError("checkpoint to resume from does not exist", path=cfg.resume, field="resume")
         ckpt_path = cfg.resume
     t0 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except Exception as e:
+        if is_out_of_memory(e):
+            raise TunaError(oom_advice(cfg, e, step=trainer.global_step, ckpt_dir=ckpt_dir)) from None
+        raise
     wall = time.time() - t0
     result = out
     if cfg.export:
@@ -151,6 +156,44 @@ def run_training(stage: str, cfg: TrainConfig, *, callbacks: list[Any] | None = 
         atomic_write_json(out / "train_summary.json", summary)
         log.info("trained %s in %.1fs: %s", stage, wall, json.dumps(summary["metrics"]))
     return result
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A CUDA/MPS/CPU allocator failure (``torch.OutOfMemoryError`` or a RuntimeError saying "out of memory")."""
+    import torch
+
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t)
+    if oom_types and isinstance(e, oom_types):
+        return True
+    return isinstance(e, (RuntimeError, MemoryError)) and (isinstance(e, MemoryError) or "out of memory" in str(e).lower())
+
+
+def oom_advice(cfg: TrainConfig, e: BaseException, *, step: int, ckpt_dir: Path) -> str:
+    """One line: what ran out, the settings that set the memory use, and the knobs that lower it."""
+    d, m, t = cfg.data, cfg.model, cfg.trainer
+    tips = []
+    if d.batch_size > 1:
+        half = max(1, d.batch_size // 2)
+        tips.append(f"a smaller micro-batch (--data.batch_size {half} --trainer.accumulate_grad_batches "
+                    f"{t.accumulate_grad_batches * (d.batch_size // half)} keeps the effective batch)")
+    if not m.gradient_checkpointing:
+        tips.append("--model.gradient_checkpointing true")
+    if m.lora is None:
+        tips.append("LoRA adapters (--model.lora.r 16)")
+    if t.precision == "32-true":
+        tips.append("--trainer.precision bf16-mixed")
+    tips.append(f"a shorter --data.max_length (now {d.max_length})")
+    if d.num_candidates is None:
+        tips.append("fewer candidates per record (--data.num_candidates)")
+    if m.logprob_mode in ("full", "chunked"):
+        tips.append("--model.logprob_mode packed")
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    resume = (f"A re-run resumes from the last checkpoint in {ckpt_dir}." if t.checkpoint_every_n_steps
+              else "(trainer.checkpoint_every_n_steps > 0 makes a re-run resume mid-epoch.)")
+    return (f"out of memory in training at step {step} (data.batch_size={d.batch_size} records with all their candidates, "
+            f"data.max_length={d.max_length}, trainer.precision={t.precision}, model.gradient_checkpointing="
+            f"{str(m.gradient_checkpointing).lower()}, model.lora={'on' if m.lora else 'off'}): try " + "; ".join(tips)
+            + f". {resume} ({type(e).__name__}: {first})")
 
 
 def export_stage_model(trainer: Any, module: Any, tokenizer: Any, out_dir: Path, strategy: str) -> Path:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tuna.errors import TunaError
@@ -58,6 +59,27 @@ def cache_key(model: str, req: ChatRequest) -> str:
     payload = {"model": model, "messages": req.messages, "temperature": req.temperature, "max_tokens": req.max_tokens,
                "top_p": req.top_p, "seed": req.seed}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def read_api_key(api_key_env: str = "OPENAI_API_KEY", api_key_file: str | os.PathLike | None = None) -> str | None:
+    """The API key: the first non-empty line of ``api_key_file`` when one is given, else the environment variable
+    ``api_key_env`` (None when unset). The value is never logged, cached or written anywhere; errors name the file
+    or the variable, never the value."""
+    if api_key_file:
+        p = Path(api_key_file).expanduser()
+        if not p.is_file():
+            raise TunaError("API key file does not exist", path=p, field="api_key_file")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:  # the message would quote bytes of the key: name the error only
+            raise TunaError(f"cannot read the API key file ({type(e).__name__})", path=p, field="api_key_file") from None
+        key = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        if not key:
+            raise TunaError("API key file is empty", path=p, field="api_key_file")
+        if os.name == "posix" and p.stat().st_mode & 0o077:
+            log.warning("API key file %s can be read by other users (chmod 600 it)", p)
+        return key
+    return os.environ.get(api_key_env) or None
 
 
 def _progress_enabled() -> bool:
@@ -106,6 +128,7 @@ class JudgeClient:
         hf_device: str = "cpu",
         hf_dtype: str = "float32",
         assistant_prefix: str = "",
+        api_key_file: str | None = None,
     ):
         self.model, self.base_url = model, base_url
         self.concurrency = max(1, concurrency)
@@ -124,9 +147,9 @@ class JudgeClient:
         if backend == "openai":
             from openai import OpenAI
 
-            key = os.environ.get(api_key_env)
+            key = read_api_key(api_key_env, api_key_file)
             if not key and base_url is None:
-                raise TunaError(f"environment variable {api_key_env} is not set (needed for the OpenAI API)")
+                raise TunaError(f"environment variable {api_key_env} is not set and no api_key_file given (needed for the OpenAI API)")
             # The client does the retrying: exponential back-off with jitter, Retry-After honoured.
             self._client = OpenAI(base_url=base_url, api_key=key or "none", max_retries=max_retries, timeout=timeout)
             self._hf = None
@@ -175,10 +198,15 @@ class JudgeClient:
                     kw["seed"] = req.seed
                 r = self._client.chat.completions.create(model=self.model, messages=req.messages, temperature=req.temperature,
                                                          max_tokens=req.max_tokens, top_p=req.top_p, **kw)
-                text = r.choices[0].message.content if r.choices else None
-                pt = r.usage.prompt_tokens if r.usage else 0
-                ct = r.usage.completion_tokens if r.usage else 0
-                if text is None:
+                try:
+                    text = r.choices[0].message.content if r.choices else None
+                    pt = (r.usage.prompt_tokens or 0) if r.usage else 0
+                    ct = (r.usage.completion_tokens or 0) if r.usage else 0
+                except (AttributeError, IndexError, KeyError, TypeError) as e:  # a 200 whose JSON is not a chat completion
+                    return ChatReply(None, f"malformed reply: {type(e).__name__}: {str(e)[:200]}", False, 0, 0, 0.0)
+                if not isinstance(text, str) or not text.strip():
+                    # An empty reply is a server fault, not an answer: reported as an error, so it is not cached
+                    # and the next run asks again.
                     return ChatReply(None, "empty reply", False, pt, ct, self._price(pt, ct))
         except openai.APIStatusError as e:
             return ChatReply(None, f"http {e.status_code}: {str(e)[:200]}", False, 0, 0, 0.0)
@@ -186,6 +214,10 @@ class JudgeClient:
             return ChatReply(None, f"{type(e).__name__}: {str(e)[:200]}", False, 0, 0, 0.0)
         except openai.OpenAIError as e:
             return ChatReply(None, f"{type(e).__name__}: {str(e)[:200]}", False, 0, 0, 0.0)
+        except ValueError as e:  # a 200 whose body is not JSON (json.JSONDecodeError): the openai client raises it as is
+            if self._hf is not None:
+                raise
+            return ChatReply(None, f"malformed reply: {type(e).__name__}: {str(e)[:200]}", False, 0, 0, 0.0)
         return ChatReply(text, None, False, pt, ct, self._price(pt, ct))
 
     def complete_many(

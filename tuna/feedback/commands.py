@@ -118,6 +118,7 @@ def sample(
     dtype: str = "float32",
     base_url: str | None = None,
     api_key_env: str = "OPENAI_API_KEY",
+    api_key_file: str | None = None,
     mode: str = "completions",
     concurrency: int = 4,
 ) -> str:
@@ -150,6 +151,7 @@ def sample(
         dtype: Weights dtype for hf/vllm: float32 | bfloat16.
         base_url: OpenAI-compatible server URL (openai), e.g. http://127.0.0.1:8000/v1.
         api_key_env: Environment variable holding the API key (never logged).
+        api_key_file: A file whose first line is the API key (instead of api_key_env; never logged or written).
         mode: completions | chat (openai).
         concurrency: Parallel requests (openai).
     """
@@ -172,7 +174,8 @@ def sample(
             _set_threads()
             gen = make_generator("hf", model, device=device, dtype=dtype, batch_size=batch_size)
         elif backend == "openai":
-            gen = make_generator("openai", model, base_url=base_url, api_key_env=api_key_env, mode=mode, concurrency=concurrency)
+            gen = make_generator("openai", model, base_url=base_url, api_key_env=api_key_env, api_key_file=api_key_file,
+                                 mode=mode, concurrency=concurrency)
         else:
             gen = make_generator(backend, model, dtype=dtype)
         tok = getattr(gen, "tokenizer", None)
@@ -312,6 +315,7 @@ def judge(
     backend: str = "llamacpp",
     base_url: str | None = None,
     api_key_env: str = "OPENAI_API_KEY",
+    api_key_file: str | None = None,
     template: str | None = None,
     instruction_format: str = "alpaca",
     system_prompt: str | None = "You are a professional and experienced data annotator.",
@@ -344,6 +348,7 @@ def judge(
         backend: openai (any OpenAI-compatible URL) | llamacpp (start a local llama.cpp server) | hf (in-process).
         base_url: Server URL for backend openai (None = api.openai.com).
         api_key_env: Environment variable holding the API key (never logged or written).
+        api_key_file: A file whose first line is the API key (instead of api_key_env; never logged or written).
         template: A prompt file with {instruction} and {responses} placeholders (default: the paper's prompt).
         instruction_format: alpaca (the full Alpaca prompt, as the paper) | plain.
         system_prompt: System message (the paper's by default; null for none).
@@ -461,7 +466,7 @@ def judge(
             client_url, client_model = server.base_url, server.model
         else:
             client_url, client_model = base_url, model
-        client = JudgeClient(client_model, base_url=client_url, api_key_env=api_key_env,
+        client = JudgeClient(client_model, base_url=client_url, api_key_env=api_key_env, api_key_file=api_key_file,
                              cache_dir=cache_dir or str(cache_root() / "judge_cache"), concurrency=concurrency,
                              max_retries=max_retries, timeout=timeout, price_per_1k_prompt=price_per_1k_prompt,
                              price_per_1k_completion=price_per_1k_completion, max_cost=max_cost,

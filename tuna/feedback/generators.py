@@ -12,7 +12,6 @@ does, because the training data appends EOS); OpenAI-compatible servers never re
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -250,11 +249,13 @@ class OpenAIGenerator:
 
     ``mode="completions"`` sends the prompt string; ``mode="chat"`` sends it as the user message. Servers that
     ignore ``n`` (llama.cpp returns one choice) are topped up with extra single calls with seeds ``seed+k``.
-    The API key is read from the environment variable ``api_key_env`` only; it is never logged or written."""
+    The API key is read from ``api_key_file`` when given, else from the environment variable ``api_key_env``; it
+    is never logged or written."""
 
     model: str
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    api_key_file: str | None = None
     mode: str = "completions"
     concurrency: int = 4
     max_retries: int = 6
@@ -266,9 +267,11 @@ class OpenAIGenerator:
 
         if self.mode not in ("completions", "chat"):
             raise TunaError(f"unknown mode {self.mode!r} (completions | chat)", field="mode")
-        key = os.environ.get(self.api_key_env)
+        from tuna.feedback.client import read_api_key
+
+        key = read_api_key(self.api_key_env, self.api_key_file)
         if not key and self.base_url is None:
-            raise TunaError(f"environment variable {self.api_key_env} is not set (needed for the OpenAI API)")
+            raise TunaError(f"environment variable {self.api_key_env} is not set and no api_key_file given (needed for the OpenAI API)")
         self.name = self.name or self.model
         # The client retries 429 (honouring Retry-After), 5xx, timeouts and connection errors with back-off.
         self.client = OpenAI(base_url=self.base_url, api_key=key or "none", max_retries=self.max_retries, timeout=self.timeout)
