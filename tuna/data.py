@@ -81,9 +81,9 @@ def tokenize_record(
     if len(prompt_ids) > room:
         if cfg.overlong == "error":
             raise TunaError(
-                f"prompt has {len(prompt_ids)} tokens; with max_length={cfg.max_length} and "
+                f"record {rec['id']!r}: prompt has {len(prompt_ids)} tokens; with max_length={cfg.max_length} and "
                 f"min_response_tokens={cfg.min_response_tokens} at most {room} fit (set data.overlong=truncate or raise max_length)",
-                field=f"record {rec['id']}",
+                field="prompt" if rec.get("prompt") is not None else "instruction",
             )
         prompt_ids = prompt_ids[len(prompt_ids) - room :]
         truncated = True
@@ -139,7 +139,9 @@ def tokenize_records(
         try:
             return tokenize_record(rec, tokenizer, cfg, mode=mode, with_gold=with_gold)
         except TunaError as e:
-            raise TunaError(str(e), path=source) from None
+            from tuna.records import line_of_id
+
+            raise TunaError(e.message, path=source, line=line_of_id(source, rec["id"]), field=e.field) from None
 
     out = ds.map(fn, remove_columns=ds.column_names, cache_file_name=str(cache_file), load_from_cache_file=True,
                  desc="tokenising", new_fingerprint=key)
@@ -250,6 +252,9 @@ class RankedCandidatesDataModule(L.LightningDataModule):
             for r in records:
                 if r.gold is None and r.ranking is None:
                     raise TunaError("SFT needs a gold response or a ranked set", path=path, field=f"record {r.id}: gold")
+        if self.mode == "rank" and not any(len(r.candidates[: self.cfg.num_candidates or None]) >= 2 for r in records):
+            raise TunaError("no record has 2 or more candidates: there is nothing to rank (the ranking loss would be 0)",
+                            path=path, line=1, field="candidates")
         if self.with_gold:
             missing = [r.id for r in records if r.gold is None]
             if missing:

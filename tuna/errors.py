@@ -7,7 +7,7 @@ class TunaError(Exception):
     """An error caused by the user's input or environment, printed as one line without a traceback."""
 
     def __init__(self, message: str, *, path: object | None = None, line: int | None = None, field: str | None = None):
-        self.path, self.line, self.field = path, line, field
+        self.path, self.line, self.field, self.message = path, line, field, message
         where = ""
         if path is not None:
             where = f"{path}" + (f":{line}" if line is not None else "")

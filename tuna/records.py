@@ -120,6 +120,17 @@ def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, An
             yield lineno, obj
 
 
+def line_of_id(path: str | os.PathLike, rid: str) -> int | None:
+    """The line of the record with id ``rid`` (for error messages raised after parsing); None if not found."""
+    try:
+        for lineno, obj in iter_json_lines(path):
+            if str(obj.get("id")) == str(rid):
+                return lineno
+    except (TunaError, OSError):
+        pass
+    return None
+
+
 def _field_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:

@@ -114,7 +114,7 @@ def run_training(stage: str, cfg: TrainConfig, *, callbacks: list[Any] | None = 
     module = module_cls(cfg.model, loss_cfg, cfg.optim, tokenizer=tokenizer, nonfinite=cfg.trainer.nonfinite)
 
     tc = cfg.trainer
-    callbacks = list(callbacks or [])
+    callbacks = [*(callbacks or []), _logs_before_checkpoints()]
     ckpt_dir = out / "checkpoints"
     callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step:06d}", save_last=True, save_top_k=1,
                                      every_n_train_steps=tc.checkpoint_every_n_steps or None,
@@ -156,6 +156,34 @@ def run_training(stage: str, cfg: TrainConfig, *, callbacks: list[Any] | None = 
         atomic_write_json(out / "train_summary.json", summary)
         log.info("trained %s in %.1fs: %s", stage, wall, json.dumps(summary["metrics"]))
     return result
+
+
+def _logs_before_checkpoints() -> Any:
+    """A callback: the metrics of every step a checkpoint covers are on disk before the checkpoint is.
+
+    Lightning writes a step's checkpoint (``on_train_batch_end``) before it logs that step's metrics, and
+    TensorBoard buffers events for up to two minutes: a run killed after a checkpoint and resumed from it would
+    leave a hole in its curves. So before each checkpoint is written, the step's pending metrics are logged (the
+    same values Lightning logs a moment later, at the same step) and the loggers are flushed."""
+    from lightning.pytorch.callbacks import Callback
+
+    class LogsBeforeCheckpoints(Callback):
+        logged_step: int | None = None
+
+        def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+            conn = getattr(trainer, "_logger_connector", None)
+            try:  # Lightning internals: if they change, fall back to flushing what was logged
+                step = trainer.fit_loop.epoch_loop._batches_that_stepped
+                if (trainer.training and conn is not None and conn._first_loop_iter is not None and conn.should_update_logs
+                        and step != self.logged_step):  # once per step (last.ckpt and step-*.ckpt both get here)
+                    conn.log_metrics(conn.metrics["log"])
+                    self.logged_step = step
+            except Exception as e:  # noqa: BLE001
+                log.debug("could not log the pending step metrics before a checkpoint: %s", e)
+            for lg in trainer.loggers:
+                lg.save()
+
+    return LogsBeforeCheckpoints()
 
 
 def is_out_of_memory(e: BaseException) -> bool:

@@ -37,6 +37,8 @@ class TunaModule(L.LightningModule):
         self.model = model
         self.nonfinite = nonfinite
         self._t0: float | None = None
+        self._skipped = 0
+        """Batches skipped for a non-finite loss (trainer.nonfinite=skip), logged as train/skipped_batches."""
         self.save_hyperparameters(
             {"model": vars(model_cfg) | {"lora": vars(model_cfg.lora) if model_cfg.lora else None},
              "loss": vars(loss_cfg), "optim": vars(optim_cfg), "stage": type(self).__name__}
@@ -84,7 +86,10 @@ class TunaModule(L.LightningModule):
                    f"{self.global_step}, batch {batch_idx}, records {ids}")
             if self.nonfinite == "skip":
                 self.print(f"tuna: skipping batch: {msg}")
-                self.log("train/skipped_batches", 1.0, reduce_fx="sum", on_step=True)
+                self._skipped += 1
+                # Log this batch's own (non-finite) values: Lightning would otherwise log the previous batch's
+                # values again at this step, a loss that was never computed.
+                self._log_step(batch, out)
                 return None
             raise TunaError(msg + " (set trainer.nonfinite=skip to skip such batches)")
         self._log_step(batch, out)
@@ -109,12 +114,20 @@ class TunaModule(L.LightningModule):
         real = batch["num_real_tokens"].float()
         slots = batch["num_slot_tokens"].float()
         metrics["train/padding_share"] = 1.0 - real / slots.clamp_min(1.0)
+        if self.nonfinite == "skip":
+            metrics["train/skipped_batches"] = float(self._skipped)  # running count, logged every step
         self.log_dict(metrics, batch_size=n, on_step=True, prog_bar=False)
         self.log("loss", out.loss.detach(), prog_bar=True, batch_size=n, logger=False)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tuna_skipped_batches"] = self._skipped
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._skipped = int(checkpoint.get("tuna_skipped_batches", 0))
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # after backward and the optimizer step: tokens/s of the whole training step
-        if self._t0 is None or outputs is None:
+        if self._t0 is None:
             return
         dt = time.perf_counter() - self._t0
         real = float(batch["num_real_tokens"])
