@@ -211,6 +211,7 @@ def eval_vicuna(
     judge_timeout: float = 120.0,
     judge_max_retries: int = 6,
     judge_max_tokens: int | None = None,
+    judge_grammar: str = "none",
     max_cost: float | None = None,
     price_per_1k_prompt: float = 0.0,
     price_per_1k_completion: float = 0.0,
@@ -240,6 +241,8 @@ def eval_vicuna(
         judge_base_url: Server URL for an OpenAI-compatible judge (e.g. a llama.cpp server).
         judge_api_key_env: Environment variable holding the judge's API key.
         judge_api_key_file: A file whose first line is the judge's API key (instead of judge_api_key_env).
+        judge_grammar: none | score_grammar: force the review's first line to "s1 s2" (scores 1-10) by a GBNF
+            grammar (servers that accept llama.cpp's `grammar` field; for weak local judges).
         judge_concurrency: Parallel judge requests.
         judge_timeout: Seconds per judge request.
         judge_max_retries: Retries per judge request (429/5xx/timeouts, exponential back-off).
@@ -288,6 +291,7 @@ def eval_vicuna(
     opp_label, theirs = vicuna.resolve_opponent(opponent, data)
     judge_settings = {"opponent": opp_label, "opponent_ref": opponent, "judge_model": judge_model, "judge_backend": judge_backend,
                       "judge_base_url": judge_base_url, "strict_parse": strict_parse, "judge_max_tokens": judge_max_tokens,
+                      **({"judge_grammar": judge_grammar} if judge_grammar != "none" else {}),
                       "questions": [q["question_id"] for q in questions], "reviewer_prompts": "fastchat/eval prompt.jsonl+reviewer.jsonl"}
     jd = d / f"vs-{opp_label}-{settings_hash(judge_settings)}"
     jd.mkdir(parents=True, exist_ok=True)
@@ -303,7 +307,11 @@ def eval_vicuna(
     if judge_backend != "openai":
         client_kwargs["backend"] = judge_backend
     client = JudgeClient(judge_model, **client_kwargs)
-    chat = [ChatRequest(messages=r["messages"], temperature=r["temperature"], max_tokens=judge_max_tokens or r["max_tokens"]) for r in reqs]
+    if judge_grammar not in ("none", "score_grammar"):
+        raise TunaError(f"judge_grammar must be none | score_grammar, got {judge_grammar!r}", field="judge_grammar")
+    grammar = vicuna.SCORE_GRAMMAR if judge_grammar == "score_grammar" else None
+    chat = [ChatRequest(messages=r["messages"], temperature=r["temperature"], max_tokens=judge_max_tokens or r["max_tokens"],
+                        grammar=grammar) for r in reqs]
     with client:  # closes the reply cache
         replies = client.complete_many(chat, desc="vicuna review")
     judgments = []

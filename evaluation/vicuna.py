@@ -95,6 +95,11 @@ def parse_review(review: str | None, *, strict: bool = False) -> tuple[float, fl
     return None
 
 
+# FastChat's reviewer asks for "score1 score2" on the first line, then an explanation. For a weak local judge
+# behind a llama.cpp server this grammar makes that first line always well formed (scores 1-10).
+SCORE_GRAMMAR = 'root ::= score " " score "\\n" [^\\n]*\nscore ::= "10" | [1-9]\n'
+
+
 def load_answer_file(path: str | os.PathLike) -> dict[int, str]:
     """Answers keyed by question id from a JSONL with ``question_id``/``id`` and ``text``/``prediction``."""
     out: dict[int, str] = {}
@@ -102,8 +107,17 @@ def load_answer_file(path: str | os.PathLike) -> dict[int, str]:
         qid = obj.get("question_id", obj.get("id"))
         text = obj.get("text", obj.get("prediction"))
         if qid is None or text is None:
-            raise TunaError("an answer needs question_id (or id) and text (or prediction)", path=path, line=line)
-        out[int(qid)] = text
+            raise TunaError("an answer needs question_id (or id) and text (or prediction)", path=path, line=line,
+                            field="question_id" if qid is None else "text")
+        try:
+            q = int(qid)
+        except (TypeError, ValueError):
+            raise TunaError(f"expected an integer question id, got {qid!r}", path=path, line=line, field="question_id") from None
+        if not isinstance(text, str):
+            raise TunaError(f"expected a string, got {type(text).__name__}", path=path, line=line, field="text")
+        if q in out:
+            raise TunaError(f"duplicate question id {q}", path=path, line=line, field="question_id")
+        out[q] = text
     return out
 
 

@@ -150,3 +150,25 @@ def test_sample_kill_resume(shared_data, tmp_path, smol_dir) -> None:
     after = _ids(out)
     assert len(after) == 24 == len(set(after)) and after[: len(before)] == before
     read_records(out)  # every line valid
+
+
+def test_grammar_constrained_judge_and_review_always_parse(llama_server, candidate_sets, tmp_path) -> None:
+    """The embedded default's judge: the paper's prompt with the rank grammar gives a complete ranking for every
+    record (the order is the model's own choice); the Vicuna score grammar gives a parseable first line."""
+    from evaluation.vicuna import SCORE_GRAMMAR, parse_review
+    from tuna.feedback.client import ChatRequest, JudgeClient
+    from tuna.feedback.commands import judge
+
+    out = tmp_path / "judged.jsonl"
+    judge(input=str(candidate_sets), out=str(out), model=llama_server.model, backend="openai", base_url=llama_server.base_url,
+          constrain="rank_grammar", max_tokens=32, concurrency=1, cache_dir=str(tmp_path / "cache"), limit=3)
+    recs = read_records(out, kind="ranked")
+    assert len(recs) == 3 and all(r.ranking.method == "paper_prompt+rank_grammar" for r in recs)
+    for r in recs:
+        assert sorted(r.ranking.details["order"]) == [0, 1, 2, 3] and r.ranking.details["missing"] == []
+    req = ChatRequest(messages=[{"role": "user", "content": "Rate assistant 1 and assistant 2 from 1 to 10.\n"
+                                                            "Assistant 1: Paris.\nAssistant 2: London."}],
+                      max_tokens=24, grammar=SCORE_GRAMMAR)
+    with JudgeClient(llama_server.model, base_url=llama_server.base_url, cache_dir=str(tmp_path / "c2")) as c:
+        rep = c.complete_many([req])[0]
+    assert rep.error is None and parse_review(rep.text, strict=True) is not None, rep.text

@@ -202,3 +202,23 @@ def test_client_budget_stops_cleanly(fake_server, tmp_path) -> None:
     assert "budget" in errors and all(e in (None, "budget") for e in errors)
     assert c.ledger["cost"] <= 2.5
     c.close()
+
+
+def test_rank_grammar_lists_every_order_and_each_parses() -> None:
+    import itertools
+    import re
+
+    from tuna.feedback.client import cache_key
+    from tuna.feedback.judge import rank_grammar
+
+    g = rank_grammar(4)
+    alts = re.findall(r'"([0-9, ]+)"', g)
+    assert len(alts) == 24 and len(set(alts)) == 24
+    for a in alts:  # every reply the grammar allows is a complete ranking to the parser
+        order = parse_rank_reply(f"rank: [{a}]", 5).order
+        assert sorted(order) == [0, 1, 2, 3] and order == [int(x) for x in a.split(", ")]
+    assert set(alts) == {", ".join(map(str, p)) for p in itertools.permutations(range(4))}
+    assert "idx" in rank_grammar(8)  # too many orders to list: any list of the indices
+    plain = ChatRequest(messages=[{"role": "user", "content": "x"}])
+    constrained = ChatRequest(messages=[{"role": "user", "content": "x"}], grammar=g)
+    assert cache_key("m", plain) != cache_key("m", constrained)

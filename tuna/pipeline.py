@@ -113,9 +113,20 @@ class JudgeConfig:
     reference: str = "drop"
     missing: str = "last"
     concurrency: int = 1
+    timeout: float = 120.0
+    """Seconds per judge request."""
+    max_retries: int = 6
+    """Retries per judge request (429/5xx/timeouts/connection errors, exponential back-off)."""
     max_cost: float | None = None
     price_per_1k_prompt: float = 0.0
     price_per_1k_completion: float = 0.0
+    constrain: bool = True
+    """Constrain replies by a GBNF grammar (backend llamacpp; ignored otherwise): rankings to "rank: [a permutation]", Vicuna
+    reviews to a "s1 s2" first line. A 135M judge cannot follow the paper's prompt unaided; set false for API judges."""
+    template: str | None = None
+    """A ranking prompt file with {instruction} and {responses} (default: the paper's prompt)."""
+    fallback_scores: bool = False
+    """Rank by "Response k: score" lines when a reply has no rank list."""
 
 
 @dataclass
@@ -134,13 +145,15 @@ class EvalConfig:
     """Which benchmarks each model gets, on how much data."""
 
     benchmarks: list[str] = field(default_factory=lambda: ["lmentry", "superni", "vicuna"])
-    lmentry_limit: int | None = 2
-    """Examples per LMentry task (None: all)."""
-    superni_limit: int | None = 4
+    lmentry_limit: int | None = 3
+    """Examples per LMentry task, spread over its 3 templates, so at least 3 (None: all)."""
+    superni_limit: int | None = 2
     """Instances per Super-NI task of the 8-task slice (None: 100)."""
-    vicuna_limit: int | None = 6
+    vicuna_limit: int | None = 4
+    """Vicuna QA questions (None: all 80); each is reviewed in both orders."""
     vicuna_opponent: str = "gpt35"
-    max_new_tokens: int = 64
+    max_new_tokens: int = 48
+    """Answer length for LMentry and Super-NI (at most 50 for LMentry); Vicuna answers get twice this."""
     template: str = "alpaca"
     batch_size: int = 16
 
@@ -348,8 +361,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         man.run(f"judge_{tag}", {"candidates": file_hash(cands), "judge": asdict(j)}, [ranked], lambda: (fb.judge(
             input=str(cands), out=str(ranked), model=j.model, backend=j.backend, base_url=j.base_url, api_key_env=j.api_key_env,
             api_key_file=j.api_key_file, temperature=j.temperature, max_tokens=j.max_tokens, shuffles=j.shuffles,
-            reference=j.reference, missing=j.missing, concurrency=j.concurrency, max_cost=j.max_cost, price_per_1k_prompt=j.price_per_1k_prompt,
-            price_per_1k_completion=j.price_per_1k_completion, seed=cfg.seed), _judge_summary(ranked))[1])
+            reference=j.reference, missing=j.missing, concurrency=j.concurrency, timeout=j.timeout, max_retries=j.max_retries,
+            max_cost=j.max_cost, price_per_1k_prompt=j.price_per_1k_prompt, price_per_1k_completion=j.price_per_1k_completion,
+            seed=cfg.seed, template=j.template, fallback_scores=j.fallback_scores,
+            constrain="rank_grammar" if j.constrain and j.backend == "llamacpp" else "none"), _judge_summary(ranked))[1])
         return ranked
 
     def train_step(name: str, stage: str, sc: StageConfig, start: str, data: Path) -> str:

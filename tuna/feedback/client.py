@@ -43,6 +43,9 @@ class ChatRequest:
     seed: int | None = None
     key: str | None = None
     """The caller's record id (not part of the cache key)."""
+    grammar: str | None = None
+    """A GBNF grammar the reply must follow, sent as the ``grammar`` field that llama.cpp servers accept (part of
+    the cache key when set)."""
 
 
 @dataclass
@@ -58,6 +61,8 @@ class ChatReply:
 def cache_key(model: str, req: ChatRequest) -> str:
     payload = {"model": model, "messages": req.messages, "temperature": req.temperature, "max_tokens": req.max_tokens,
                "top_p": req.top_p, "seed": req.seed}
+    if req.grammar:  # only when set, so the keys of unconstrained requests stay as they were
+        payload["grammar"] = req.grammar
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
@@ -196,6 +201,8 @@ class JudgeClient:
                 kw: dict[str, Any] = {}
                 if req.seed is not None:
                     kw["seed"] = req.seed
+                if req.grammar:
+                    kw["extra_body"] = {"grammar": req.grammar}
                 r = self._client.chat.completions.create(model=self.model, messages=req.messages, temperature=req.temperature,
                                                          max_tokens=req.max_tokens, top_p=req.top_p, **kw)
                 try:

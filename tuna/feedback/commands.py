@@ -43,7 +43,8 @@ def _detect_format(path: Path) -> str:
     raise TunaError("holds no records", path=path)
 
 
-def load_inputs(path: str, *, fmt: str = "auto", limit: int | None = None, offset: int = 0, kind: str = "any") -> list[Record]:
+def load_inputs(path: str, *, fmt: str = "auto", limit: int | None = None, offset: int = 0, kind: str = "any",
+                min_candidates: int = 1) -> list[Record]:
     """Tuna records (JSONL) or Alpaca JSON/JSONL, sliced by ``offset``/``limit``."""
     from tuna.records import iter_json_lines
 
@@ -55,6 +56,7 @@ def load_inputs(path: str, *, fmt: str = "auto", limit: int | None = None, offse
         raise TunaError(f"unknown input format {fmt!r} (auto | tuna | alpaca)", field="input_format")
     out: list[Record] = []
     seen: set[str] = set()
+    i = -1
     for i, (line, obj) in enumerate(iter_json_lines(p)):
         if i < offset:
             continue
@@ -65,8 +67,13 @@ def load_inputs(path: str, *, fmt: str = "auto", limit: int | None = None, offse
             raise TunaError(f"duplicate id {rec.id!r}", path=p, line=line, field="id")
         if kind == "ranked" and rec.ranking is None:
             raise TunaError("expected a ranked set", path=p, line=line, field="ranking")
+        if len(rec.candidates) < min_candidates:
+            raise TunaError(f"has {len(rec.candidates)} candidate(s), at least {min_candidates} needed to rank",
+                            path=p, line=line, field="candidates")
         seen.add(rec.id)
         out.append(rec)
+    if i < 0:
+        raise TunaError("holds no records", path=p)
     return out
 
 
@@ -326,6 +333,7 @@ def judge(
     shuffles: int = 0,
     fallback_scores: bool = False,
     assistant_prefix: str = "",
+    constrain: str = "none",
     seed: int = 0,
     limit: int | None = None,
     offset: int = 0,
@@ -359,6 +367,8 @@ def judge(
         shuffles: 0 = one call in sampling order (paper); k = k calls with seeded shuffles, Borda-aggregated.
         fallback_scores: If no rank list, rank by the "Response k: score" lines.
         assistant_prefix: backend hf only: prefill the start of the reply, e.g. "rank: [" (steers weak judges).
+        constrain: none | rank_grammar: the reply must be "rank: [...]" with a permutation of the candidates (a GBNF
+            grammar; llamacpp servers, or openai with a server that accepts llama.cpp's `grammar` field).
         seed: Seed for shuffles and the request seed.
         limit: Use at most this many records.
         offset: Skip this many records first.
@@ -379,6 +389,7 @@ def judge(
         build_prompt,
         judge_instruction,
         parse_rank_reply,
+        rank_grammar,
         rank_record,
         shuffle_orders,
     )
@@ -392,6 +403,11 @@ def judge(
         raise TunaError(f"missing must be last | drop, got {missing!r}", field="missing")
     if backend not in ("openai", "llamacpp", "hf"):
         raise TunaError(f"unknown backend {backend!r} (openai | llamacpp | hf)", field="backend")
+    if constrain not in ("none", "rank_grammar"):
+        raise TunaError(f"constrain must be none | rank_grammar, got {constrain!r}", field="constrain")
+    if constrain != "none" and backend == "hf":
+        raise TunaError("constrain needs a server that accepts a GBNF grammar (backend llamacpp); "
+                        "with backend hf use assistant_prefix", field="constrain")
     tmpl = PAPER_TEMPLATE
     method = "paper_prompt"
     if template:
@@ -404,18 +420,18 @@ def judge(
         method = f"template:{tp.name}"
     _quiet_http_logs()
     policy = JudgePolicy(reference=reference, missing=missing)
-    records = load_inputs(input, fmt="tuna", limit=limit, offset=offset)
+    records = load_inputs(input, fmt="tuna", limit=limit, offset=offset, min_candidates=2)
     failed_path = _failed_path(out)
     previously_failed = 0
     if failed_path.exists():
         previously_failed = sum(1 for line in failed_path.read_text(encoding="utf-8").splitlines() if line.strip())
     app = JsonlAppender(out)
     todo = [r for r in records if r.id not in app.done_ids]
+    if constrain == "rank_grammar":
+        method += "+rank_grammar"
     if any(len(r.candidates) != 4 for r in todo) and not template:
         log.warning("the paper's prompt is written for 4 candidates (Response 0/1/2/3, reference = Response 4)")
-    # This run's failures; a re-run retries everything not yet in `out` anyway.
-    atomic_write_text(failed_path, "")
-    fail_app = JsonlAppender(failed_path)
+    fail_app: JsonlAppender | None = None
 
     requests: list[ChatRequest] = []
     plan: dict[str, tuple[Record, list[list[int]]]] = {}
@@ -426,8 +442,9 @@ def judge(
         for j, perm in enumerate(perms):
             msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
                 {"role": "user", "content": build_prompt(tmpl, instr, [rec.candidates[k].text for k in perm])}]
+            grammar = rank_grammar(len(perm)) if constrain == "rank_grammar" else None
             requests.append(ChatRequest(messages=msgs, temperature=temperature, max_tokens=max_tokens, seed=seed + j,
-                                        key=f"{rec.id}\x00{j}"))
+                                        key=f"{rec.id}\x00{j}", grammar=grammar))
 
     got: dict[str, dict[int, ChatReply]] = {}
     stats: Counter = Counter()
@@ -446,7 +463,8 @@ def judge(
         if not ok:
             reason = ("budget" if "budget" in errors else f"error: {errors[0]}") if errors else f"unparseable: {parsed[0].reason}"
             stats[reason.split(":")[0]] += 1
-            fail_app.write({"id": rid, "reason": reason, "replies": [r.text for r in reps], "errors": errors or None})
+            # fail_app is opened before the first call
+            fail_app.write({"id": rid, "reason": reason, "replies": [r.text for r in reps], "errors": errors or None})  # type: ignore[union-attr]
         else:
             ranked = rank_record(rec, perms, parsed, judge_model=model, method=method, policy=policy,
                                  replies=[r.text or "" for r in reps])
@@ -471,6 +489,10 @@ def judge(
                              max_retries=max_retries, timeout=timeout, price_per_1k_prompt=price_per_1k_prompt,
                              price_per_1k_completion=price_per_1k_completion, max_cost=max_cost,
                              backend="hf" if backend == "hf" else "openai", assistant_prefix=assistant_prefix)
+        # This run's failures (a re-run retries everything not yet in `out` anyway). Cleared only once the
+        # client is set up, so a run that cannot start leaves the previous list as it was.
+        atomic_write_text(failed_path, "")
+        fail_app = JsonlAppender(failed_path)
         with client:
             client.complete_many(requests, desc="judge", on_reply=on_reply)
             ledger = client.ledger
@@ -478,7 +500,8 @@ def judge(
         if server is not None:
             server.stop()
         app.close()
-        fail_app.close()
+        if fail_app is not None:
+            fail_app.close()
     dt = time.monotonic() - t0
     n_failed = sum(v for k, v in stats.items() if k not in ("ranked", "parsed_calls", "calls_total"))
     summ = {

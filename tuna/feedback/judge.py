@@ -145,6 +145,23 @@ def parse_rank_reply(reply: str, n_items: int, *, fallback_scores: bool = False)
 # ----------------------------------------------------------------------------------------------- aggregation
 
 
+def rank_grammar(n: int, max_permutations: int = 720) -> str:
+    """A GBNF grammar (llama.cpp's ``grammar`` request field) whose only replies are ``rank: [a, b, ...]`` with a
+    permutation of ``0..n-1``: a weak judge then always gives a complete, parseable ranking, and the order is still
+    the model's own choice (token by token among the orders still possible). Past ``max_permutations`` orders
+    (n > 6) the grammar allows any list of the indices (the parser drops repeats and appends what is missing)."""
+    import itertools
+    import math
+
+    if n < 1:
+        raise ValueError("rank_grammar needs at least one item")
+    if math.factorial(n) <= max_permutations:
+        alts = " | ".join('"' + ", ".join(map(str, p)) + '"' for p in itertools.permutations(range(n)))
+        return f'root ::= "rank: [" ({alts}) "]"\n'
+    idx = " | ".join(f'"{i}"' for i in range(n))
+    return f'root ::= "rank: [" idx (", " idx){{{n - 1}}} "]"\nidx ::= {idx}\n'
+
+
 def kendall_tau_b(x: list[float], y: list[float]) -> float:
     """Kendall's τ-b between two score vectors (ties allowed); 0 when either vector is constant."""
     conc = disc = tx = ty = 0
