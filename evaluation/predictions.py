@@ -182,6 +182,12 @@ def write_results(
 
 
 def start_run(out_root: str, benchmark: str, model: str, settings: dict[str, Any]) -> Path:
+    """The run folder for these settings. A model folder's content fingerprint is added to ``settings`` (in place,
+    so results record it too): a model retrained at the same path gets new predictions, not the cached ones."""
+    if model and (Path(model) / "config.json").exists():
+        from tuna.models import content_fingerprint
+
+        settings["model_fingerprint"] = content_fingerprint(model)
     d = run_dir(out_root, benchmark, model, settings)
     d.mkdir(parents=True, exist_ok=True)
     sp = d / "settings.json"

@@ -69,3 +69,19 @@ def test_import_command(shared_data, tmp_path):
                 "--out", str(out), "--limit", "5")
     assert proc.returncode == 0, proc.stderr
     assert len(out.read_text().splitlines()) == 5
+
+
+def test_console_script_exits_zero_and_prints_no_return_value(shared_data, tmp_path):
+    """The installed `tuna` script: a successful command exits 0 with nothing on stderr (setuptools' wrapper calls
+    sys.exit on what the entry point returns)."""
+    import importlib.metadata as md
+
+    (ep,) = [e for e in md.entry_points(group="console_scripts") if e.name == "tuna"]
+    assert ep.value == "tuna.cli:entry"
+    code = f"import sys; from {ep.module} import {ep.attr}; sys.exit({ep.attr}())"  # exactly what the wrapper does
+    out = tmp_path / "a.jsonl"
+    r = subprocess.run([sys.executable, "-c", code, "import", "--fmt", "alpaca", "--path",
+                        str(shared_data / "alpaca/alpaca_data_reconstructed.jsonl.gz"), "--out", str(out), "--limit", "2"],
+                       capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "TUNA_PROGRESS": "0"})
+    assert r.returncode == 0 and str(out) not in r.stderr, r.stderr[-2000:]
+    assert "wrote 2 records" in r.stdout

@@ -66,3 +66,22 @@ def test_missing_model_paths_fail_fast_with_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TunaError, match="no config.json"):
         resolve(str(tmp_path / "empty"))
+
+
+def test_content_fingerprint_sees_retrained_weights(smol_tokenizer, tmp_path):
+    """Two models of one architecture differ only in their bytes: the fingerprint must see that (the pipeline and
+    the evaluation cache key on it), and it is memoised until a file changes."""
+    import torch
+
+    from tuna.models import content_fingerprint, tiny_model
+
+    m = tiny_model(smol_tokenizer, seed=0)
+    m.save_pretrained(tmp_path / "a")
+    with torch.no_grad():
+        m.model.norm.weight.add_(1e-3)  # a change deep inside the file, as a few training steps make
+    m.save_pretrained(tmp_path / "b")
+    fa, fb = content_fingerprint(tmp_path / "a"), content_fingerprint(tmp_path / "b")
+    assert fa != fb and (tmp_path / "a/.tuna_fingerprint.json").exists()
+    assert content_fingerprint(tmp_path / "a") == fa  # memoised
+    m.save_pretrained(tmp_path / "a")  # rewritten (new mtime): recomputed, now equal to b's bytes
+    assert content_fingerprint(tmp_path / "a") == fb

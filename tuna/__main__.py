@@ -1,3 +1,3 @@
-from tuna.cli import main
+from tuna.cli import entry
 
-main()
+entry()

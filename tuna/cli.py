@@ -265,5 +265,11 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(130)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The ``tuna`` console script. Not ``main`` itself: setuptools' wrapper calls ``sys.exit(main())``, which would
+    print a command's return value (a path, a manifest) and exit 1 on success."""
     main()
+
+
+if __name__ == "__main__":
+    entry()

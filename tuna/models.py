@@ -221,19 +221,45 @@ def export_hf(model: Any, tokenizer: Any, out_dir: str | os.PathLike) -> Path:
     return out
 
 
+def content_fingerprint(folder: str | os.PathLike) -> str:
+    """SHA-256 (16 hex) of a model folder's weights and config, read in full: two trainings of one architecture
+    differ only in their bytes. Memoised in ``.tuna_fingerprint.json`` beside them, keyed by each file's size and
+    mtime, so a large model is read once per write."""
+    import hashlib
+    import json
+
+    p = Path(folder)
+    files = sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")) + [p / "config.json"]
+    stats = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()}
+    memo = p / ".tuna_fingerprint.json"
+    try:
+        old = json.loads(memo.read_text())
+        if old.get("files") == stats:
+            return old["sha256"]
+    except (OSError, ValueError):
+        pass
+    h = hashlib.sha256()
+    for f in files:
+        if f.exists():
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                    h.update(block)
+    digest = h.hexdigest()[:16]
+    try:
+        from tuna.records import atomic_write_json
+
+        atomic_write_json(memo, {"files": stats, "sha256": digest})
+    except OSError:  # a read-only model folder: just not memoised
+        pass
+    return digest
+
+
 def model_identity(name_or_path: str | os.PathLike) -> dict[str, Any]:
     """What results files record about a model: its reference and, for folders, a content fingerprint."""
-    import hashlib
-
     ref = str(name_or_path)
     ident: dict[str, Any] = {"ref": ref}
     p = Path(ref)
     if p.is_dir() and (p / "config.json").exists():
-        h = hashlib.sha256()
-        for f in sorted(p.glob("*.safetensors")) + [p / "config.json"]:
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}".encode())
-            with open(f, "rb") as fh:
-                h.update(fh.read(1 << 20))
-        ident["fingerprint"] = h.hexdigest()[:16]
+        ident["fingerprint"] = content_fingerprint(p)
     return ident

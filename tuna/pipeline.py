@@ -403,9 +403,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def _model_hash(ref: str) -> str:
+    from tuna.models import content_fingerprint
+
     p = Path(ref)
     if p.is_dir() and (p / "config.json").exists():
-        return file_hash(p / "config.json") + ":" + str(sum(f.stat().st_size for f in p.glob("*.safetensors")))
+        return content_fingerprint(p)
     return ref
 
 
