@@ -337,6 +337,7 @@ def report(
     out: str = "results",
     paper: str | None = "experiments/paper_numbers.example.yaml",
     ablation: str | None = None,
+    series: str | None = None,
 ) -> str:
     """Collect results.json files into the paper's tables (Markdown + LaTeX) and PNG plots under <out>/<name>/.
 
@@ -346,12 +347,13 @@ def report(
         out: Output root.
         paper: YAML with the paper's numbers (null = not available); empty string to leave the column out.
         ablation: A knob (a tags key or settings key): adds an ablation table (rows = its values) and plots.
+        series: A second knob: plots each metric against `ablation` with one line per value of this one.
     """
     from evaluation.report import make_report
 
     if paper == "experiments/paper_numbers.example.yaml" and not Path(paper).exists():
         paper = None  # the default only applies inside the repository
-    d = make_report(runs, Path(out) / name, paper=paper or None, ablation=ablation)
+    d = make_report(runs, Path(out) / name, paper=paper or None, ablation=ablation, series=series)
     print(f"report -> {d}")
     return str(d)
 

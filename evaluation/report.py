@@ -113,7 +113,8 @@ def knob_value(res: dict[str, Any], knob: str) -> Any:
     return tags.get(knob, res.get("settings", {}).get(knob))
 
 
-def make_report(runs: str | os.PathLike, out_dir: str | os.PathLike, *, paper: str | os.PathLike | None = None, ablation: str | None = None) -> Path:
+def make_report(runs: str | os.PathLike, out_dir: str | os.PathLike, *, paper: str | os.PathLike | None = None, ablation: str | None = None,
+                series: str | None = None) -> Path:
     results = _newest(collect(runs))
     if not results:
         raise TunaError("no results.json found", path=runs)
@@ -169,38 +170,53 @@ def make_report(runs: str | os.PathLike, out_dir: str | os.PathLike, *, paper: s
         summary["files"].append("vicuna_wtl.png")
 
     if ablation:
-        arows: dict[str, dict[str, Any]] = defaultdict(dict)
+        # rows keyed by (knob value, series value); series=None gives one row per knob value
+        cells: dict[tuple[str, str | None], dict[str, Any]] = defaultdict(dict)
         for r in results:
             v = knob_value(r, ablation)
             if v is not None:
-                arows[str(v)].update(values(r))
-        if not arows:
+                sv = knob_value(r, series) if series else None
+                cells[(str(v), None if sv is None else str(sv))].update(values(r))
+        if not cells:
             raise TunaError(f"no result has the knob {ablation!r} in its tags or settings", field="ablation")
 
-        def _key(s: str) -> tuple[int, Any]:
+        def _key(s: str | None) -> tuple[int, Any]:
             try:
-                return (0, float(s))
-            except ValueError:
-                return (1, s)
+                return (0, float(s))  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                return (1, str(s))
 
-        arows = dict(sorted(arows.items(), key=lambda kv: _key(kv[0])))
+        cells = dict(sorted(cells.items(), key=lambda kv: (_key(kv[0][1]), _key(kv[0][0]))))
+        name = f"{ablation}_x_{series}" if series else ablation
+        arows = {(f"{ablation}={x}, {series}={sv}" if series else x): v for (x, sv), v in cells.items()}
         acols = [(k, h) for k, h in base_cols if any(k in v for v in arows.values())]
-        md, tex = table(arows, acols, ablation)
-        (out / f"ablation_{ablation}.md").write_text(md)
-        (out / f"ablation_{ablation}.tex").write_text(tex)
-        summary["files"] += [f"ablation_{ablation}.md", f"ablation_{ablation}.tex"]
+        md, tex = table(arows, acols, f"{ablation}, {series}" if series else ablation)
+        (out / f"ablation_{name}.md").write_text(md)
+        (out / f"ablation_{name}.tex").write_text(tex)
+        summary["files"] += [f"ablation_{name}.md", f"ablation_{name}.tex"]
         numeric = [(k, h) for k, h in acols if any(isinstance(v.get(k), (int, float)) for v in arows.values())]
         if numeric:
-            fig, axes = plt.subplots(1, len(numeric), figsize=(3.6 * len(numeric), 3.2), squeeze=False)
-            xs = list(arows)
+            xs = sorted({x for x, _ in cells}, key=_key)
+            lines = sorted({sv for _, sv in cells}, key=_key)
+            categorical = any(_key(x)[0] for x in xs)
+            fig, axes = plt.subplots(1, len(numeric), figsize=(3.6 * len(numeric), 3.4), squeeze=False)
             for ax, (k, h) in zip(axes[0], numeric):
-                pts = [(x, arows[x].get(k)) for x in xs if isinstance(arows[x].get(k), (int, float))]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+                for j, sv in enumerate(lines):
+                    pts = [(x, cells[(x, sv)].get(k)) for x in xs if isinstance(cells.get((x, sv), {}).get(k), (int, float))]
+                    lab = f"{series}={sv}" if series else None
+                    if categorical:  # runs or names: bars side by side, labels readable
+                        w = 0.8 / len(lines)
+                        ax.bar([xs.index(x) + (j - (len(lines) - 1) / 2) * w for x, _ in pts], [y for _, y in pts], width=w, label=lab)
+                        ax.set_xticks(range(len(xs)), xs, rotation=30, ha="right", fontsize=7)
+                    else:
+                        ax.plot([float(x) for x, _ in pts], [y for _, y in pts], marker="o", label=lab)
                 ax.set_xlabel(ablation)
                 ax.set_title(h, fontsize=9)
+                if series:
+                    ax.legend(fontsize=7)
             fig.tight_layout()
-            fig.savefig(out / f"ablation_{ablation}.png", dpi=120)
+            fig.savefig(out / f"ablation_{name}.png", dpi=120)
             plt.close(fig)
-            summary["files"].append(f"ablation_{ablation}.png")
+            summary["files"].append(f"ablation_{name}.png")
     (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     return out

@@ -93,6 +93,8 @@ def make_sweep_report(runs: list[dict[str, Any]], results_dir: str, name: str) -
             return {}
         out = build(tmp, results_dir, paper=None, ablation="run")
         knobs = sorted({k.split(".")[-1] for r in runs for k in r["overrides"]})
-        if len(knobs) == 1:  # one knob: also a table keyed by its values (a multi-knob grid would mix rows)
+        if len(knobs) == 1:  # one knob: also a table and plots keyed by its values
             build(tmp, results_dir, paper=None, ablation=knobs[0])
+        elif len(knobs) == 2:  # two knobs: each metric against the first, one line per value of the second
+            build(tmp, results_dir, paper=None, ablation=knobs[0], series=knobs[1])
     return {"dir": str(out), "files": sorted(p.name for p in Path(out).iterdir())}
