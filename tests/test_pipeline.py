@@ -118,3 +118,11 @@ def test_every_experiment_config_is_valid(path):
         build_config(d)
     elif path.parent.name == "pipeline" or path.name == "demo.yaml":
         build_config(raw)
+    elif path.parent.name == "feedback":  # `tuna sample|judge --config`: every key is a parameter of the command
+        import inspect
+
+        from tuna.feedback import commands as fb
+
+        cmd = {"sample": fb.sample, "judge": fb.judge, "score": fb.score}[path.stem.split("_")[0]]
+        unknown = set(raw) - set(inspect.signature(cmd).parameters)
+        assert not unknown, f"{path.name}: keys {sorted(unknown)} are not parameters of tuna {cmd.__name__}"
