@@ -88,7 +88,7 @@ def main() -> None:
     # warm-up
     gen.generate(prompts[:1], SamplingParams(n=1, max_new_tokens=4))
 
-    res = {"config": vars(args) | {"model": "smollm2-135m-instruct", "precision": "fp32", "threads": torch.get_num_threads()}}
+    res = {"config": {k: v for k, v in vars(args).items() if k != "out"} | {"model": "smollm2-135m-instruct", "precision": "fp32", "threads": torch.get_num_threads()}}
     # baseline: one sequence per generate call
     torch.manual_seed(0)
     t0 = time.perf_counter()
