@@ -7,6 +7,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fault_server import send_json
 
 from tuna.feedback.client import ChatRequest, JudgeClient
 from tuna.feedback.dedup import pairwise_rouge_l, set_diversity
@@ -152,14 +153,7 @@ class _FakeOpenAI(BaseHTTPRequestHandler):
                          "usage": {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}})
 
     def _send(self, code: int, obj: dict, headers: dict | None = None) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, code, obj, headers)
 
 
 @pytest.fixture()

@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 from fault_server import KINDS, TRANSPORT_KINDS, FaultServer
+from tb_logs import tb_scalars
 
 from tuna.cli import main
 from tuna.errors import TunaError
@@ -195,20 +196,6 @@ def judge_args(inp: Path, out: Path, srv: FaultServer, cache: Path, *extra: str)
 def failed_rows(out: Path) -> list[dict]:
     p = out.with_name(out.name.removesuffix(".jsonl") + ".failed.jsonl")
     return jsonl_state(p)[0]
-
-
-def tb_scalars(run_dir: Path, tag: str) -> dict[int, float]:
-    """Step -> value; a later event file (the resumed run) wins for a step logged twice."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[int, float] = {}
-    for ev in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*"), key=lambda p: (int(p.name.split(".")[3]), p.name)):
-        acc = EventAccumulator(str(ev))
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            for e in acc.Scalars(tag):
-                out[e.step] = e.value
-    return out
 
 
 @pytest.fixture()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from tb_logs import tb_scalars
 
 from tuna.config import ModelConfig, OptimConfig, TrainerConfig
 from tuna.data import DataConfig
@@ -18,19 +19,6 @@ from tuna.losses import LossConfig
 from tuna.train import TrainConfig, run_training
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tb_scalars(run_dir: Path, tag: str) -> dict[int, float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[int, float] = {}
-    for ev in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(ev))
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            for e in acc.Scalars(tag):
-                out[e.step] = e.value
-    return out
 
 
 def tiny_cfg(data: Path, out: Path, **trainer) -> TrainConfig:

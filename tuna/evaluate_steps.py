@@ -39,7 +39,7 @@ def evaluate_model(bench: str, model: str, label: str, out: Path, ecfg: Any, jud
             path = ev.eval_vicuna(model=model, opponent=ecfg.vicuna_opponent, limit=ecfg.vicuna_limit, judge_model=jmodel,
                                   judge_backend=jbackend, judge_base_url=jurl, judge_api_key_env=judge.api_key_env,
                                   judge_api_key_file=judge.api_key_file,
-                                  judge_grammar="score_grammar" if judge.constrain and judge.backend == "llamacpp" else "none",
+                                  judge_grammar="score_grammar" if judge.uses_grammar else "none",
                                   judge_concurrency=judge.concurrency, judge_timeout=judge.timeout,
                                   judge_max_retries=judge.max_retries, max_cost=judge.max_cost,
                                   price_per_1k_prompt=judge.price_per_1k_prompt,

@@ -128,6 +128,11 @@ class JudgeConfig:
     fallback_scores: bool = False
     """Rank by "Response k: score" lines when a reply has no rank list."""
 
+    @property
+    def uses_grammar(self) -> bool:
+        """Grammars go only to the local llama.cpp server (API judges reject the field)."""
+        return self.constrain and self.backend == "llamacpp"
+
 
 @dataclass
 class StageConfig:
@@ -364,7 +369,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             reference=j.reference, missing=j.missing, concurrency=j.concurrency, timeout=j.timeout, max_retries=j.max_retries,
             max_cost=j.max_cost, price_per_1k_prompt=j.price_per_1k_prompt, price_per_1k_completion=j.price_per_1k_completion,
             seed=cfg.seed, template=j.template, fallback_scores=j.fallback_scores,
-            constrain="rank_grammar" if j.constrain and j.backend == "llamacpp" else "none"), _judge_summary(ranked))[1])
+            constrain="rank_grammar" if j.uses_grammar else "none"), _judge_summary(ranked))[1])
         return ranked
 
     def train_step(name: str, stage: str, sc: StageConfig, start: str, data: Path) -> str:
