@@ -26,7 +26,11 @@ def _data_path(given: str | None, sub: str) -> str:
 
 def _gen(backend: str, template: str, max_new_tokens: int, batch_size: int, dtype: str, device: str, base_url: str | None):
     from evaluation.predictions import GenerationSettings
+    from tuna.precision import device_type, resolve_dtype
 
+    if backend == "hf":  # the resolved dtype is part of the settings hash: predictions in fp32 and bf16 are kept apart
+        device = device_type(device)
+        dtype = resolve_dtype(dtype, device)
     return GenerationSettings(backend=backend, template=template, max_new_tokens=max_new_tokens, batch_size=batch_size,
                               dtype=dtype, device=device, base_url=base_url)
 
@@ -45,8 +49,8 @@ def eval_superni(
     max_new_tokens: int = 128,
     max_source_length: int = 1024,
     batch_size: int = 8,
-    dtype: str = "float32",
-    device: str = "cpu",
+    dtype: str = "auto",
+    device: str = "auto",
     base_url: str | None = None,
     out_root: str = "runs/eval",
     tags: dict[str, Any] | None = None,
@@ -67,8 +71,8 @@ def eval_superni(
         max_new_tokens: Generation length (Tk-Instruct: 128).
         max_source_length: Demonstrations are added only while the source fits (tokens, Tk-Instruct: 1024).
         batch_size: Prompts per generation batch.
-        dtype: Model weights dtype.
-        device: cpu | cuda.
+        dtype: Model weights dtype: auto (bf16 only where the device computes it natively) | float32 | bfloat16 | float16.
+        device: auto (cuda when available) | cpu | cuda.
         base_url: OpenAI-compatible server for backend openai.
         out_root: Where runs go: <out_root>/superni/<model>/<settings hash>/.
         tags: Free labels stored in results.json (e.g. {"name": "Tuna", "lambda": 0.5}) for `tuna report`.
@@ -133,8 +137,8 @@ def eval_lmentry(
     backend: str = "hf",
     max_new_tokens: int = 50,
     batch_size: int = 8,
-    dtype: str = "float32",
-    device: str = "cpu",
+    dtype: str = "auto",
+    device: str = "auto",
     base_url: str | None = None,
     out_root: str = "runs/eval",
     tags: dict[str, Any] | None = None,
@@ -152,8 +156,8 @@ def eval_lmentry(
         backend: hf | openai | vllm.
         max_new_tokens: Generation length (upstream: 50).
         batch_size: Prompts per generation batch.
-        dtype: Model weights dtype.
-        device: cpu | cuda.
+        dtype: Model weights dtype: auto (bf16 only where the device computes it natively) | float32 | bfloat16 | float16.
+        device: auto (cuda when available) | cpu | cuda.
         base_url: OpenAI-compatible server for backend openai.
         out_root: Where runs go.
         tags: Free labels stored in results.json.
@@ -221,8 +225,8 @@ def eval_vicuna(
     backend: str = "hf",
     max_new_tokens: int = 512,
     batch_size: int = 8,
-    dtype: str = "float32",
-    device: str = "cpu",
+    dtype: str = "auto",
+    device: str = "auto",
     base_url: str | None = None,
     out_root: str = "runs/eval",
     tags: dict[str, Any] | None = None,
@@ -256,8 +260,8 @@ def eval_vicuna(
         backend: hf | openai | vllm.
         max_new_tokens: Answer length.
         batch_size: Prompts per generation batch.
-        dtype: Model weights dtype.
-        device: cpu | cuda.
+        dtype: Model weights dtype: auto (bf16 only where the device computes it natively) | float32 | bfloat16 | float16.
+        device: auto (cuda when available) | cpu | cuda.
         base_url: OpenAI-compatible server for the student (backend openai).
         out_root: Where runs go.
         tags: Free labels stored in results.json.

@@ -9,7 +9,7 @@ from typing import Literal
 
 from tuna.prompts import TemplateName
 
-Precision = Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"]
+Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"]
 Strategy = Literal["auto", "ddp", "fsdp", "deepspeed"]
 PairReduction = Literal["per_distance_mean", "all_pairs_sum"]
 MleTarget = Literal["all", "best", "gold"]
@@ -64,7 +64,9 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: Strategy = "auto"
     deepspeed_stage: int = 3
-    precision: Precision = "32-true"
+    precision: Precision = "auto"
+    """auto: bf16-mixed where the device computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), 16-mixed
+    on older GPUs, else 32-true (tuna.precision)."""
     max_epochs: int = 1
     max_steps: int = -1
     accumulate_grad_batches: int = 1

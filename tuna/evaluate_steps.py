@@ -29,7 +29,7 @@ def evaluate_model(bench: str, model: str, label: str, out: Path, ecfg: Any, jud
 
     out_root = str(out.parent.parent / "runs")
     tags = {"name": label, "run": run_name}
-    common = dict(template=ecfg.template, batch_size=ecfg.batch_size, dtype="float32", out_root=out_root, tags=tags)
+    common = dict(template=ecfg.template, batch_size=ecfg.batch_size, dtype="auto", out_root=out_root, tags=tags)
     if bench == "superni":
         path = ev.eval_superni(model=model, limit=ecfg.superni_limit, max_new_tokens=ecfg.max_new_tokens, **common)
     elif bench == "lmentry":

@@ -77,7 +77,7 @@ class TeacherConfig:
     scorer: str | None = None
     """The model that re-scores responses when method is forced (default: the teacher)."""
     beta: float = 1.0
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     batch_size: int = 16
     template: str = "alpaca"
 
@@ -91,7 +91,7 @@ class StudentSamplingConfig:
     top_p: float = 1.0
     max_new_tokens: int = 96
     dedup: bool = True
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     batch_size: int = 16
     template: str = "alpaca"
 
@@ -140,7 +140,7 @@ class StageConfig:
 
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(accelerator="cpu", precision="bf16-mixed"))
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(accelerator="cpu", precision="auto"))
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=256, batch_size=2))
     model: ModelConfig = field(default_factory=ModelConfig)
 

@@ -94,6 +94,7 @@ def run_training(stage: str, cfg: TrainConfig, *, callbacks: list[Any] | None = 
 
     from tuna.data import RankedCandidatesDataModule
     from tuna.models import load_tokenizer
+    from tuna.precision import resolve_precision
     from tuna.stages import STAGES
 
     if stage not in STAGES:
@@ -121,7 +122,7 @@ def run_training(stage: str, cfg: TrainConfig, *, callbacks: list[Any] | None = 
                                      save_on_train_epoch_end=True))
     trainer = L.Trainer(
         accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes, strategy=_strategy(tc, cfg.model.name_or_path),
-        precision=tc.precision, max_epochs=tc.max_epochs, max_steps=tc.max_steps,
+        precision=resolve_precision(tc.precision, tc.accelerator), max_epochs=tc.max_epochs, max_steps=tc.max_steps,
         accumulate_grad_batches=tc.accumulate_grad_batches, gradient_clip_val=tc.gradient_clip_val,
         log_every_n_steps=tc.log_every_n_steps, val_check_interval=tc.val_check_interval,
         logger=TensorBoardLogger(save_dir=str(out), name="tensorboard", version=""), callbacks=callbacks,
@@ -208,7 +209,7 @@ def oom_advice(cfg: TrainConfig, e: BaseException, *, step: int, ckpt_dir: Path)
         tips.append("--model.gradient_checkpointing true")
     if m.lora is None:
         tips.append("LoRA adapters (--model.lora.r 16)")
-    if t.precision == "32-true":
+    if t.precision in ("32-true", "auto"):
         tips.append("--trainer.precision bf16-mixed")
     tips.append(f"a shorter --data.max_length (now {d.max_length})")
     if d.num_candidates is None:

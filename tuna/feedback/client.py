@@ -94,7 +94,7 @@ def _progress_enabled() -> bool:
 class _HFChat:
     """In-process chat replies from a local transformers model (greedy at temperature 0)."""
 
-    def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", assistant_prefix: str = ""):
+    def __init__(self, model: str, device: str = "auto", dtype: str = "auto", assistant_prefix: str = ""):
         from tuna.feedback.generators import HFGenerator
 
         self.prefix = assistant_prefix
@@ -130,8 +130,8 @@ class JudgeClient:
         max_cost: float | None = None,
         *,
         backend: str = "openai",
-        hf_device: str = "cpu",
-        hf_dtype: str = "float32",
+        hf_device: str = "auto",
+        hf_dtype: str = "auto",
         assistant_prefix: str = "",
         api_key_file: str | None = None,
     ):

@@ -121,8 +121,8 @@ def sample(
     max_trials: int = 3,
     chunk_size: int = 8,
     batch_size: int = 8,
-    device: str = "cpu",
-    dtype: str = "float32",
+    device: str = "auto",
+    dtype: str = "auto",
     base_url: str | None = None,
     api_key_env: str = "OPENAI_API_KEY",
     api_key_file: str | None = None,
@@ -154,8 +154,8 @@ def sample(
         max_trials: Samplings per set in all, the first included.
         chunk_size: Records per chunk; a kill loses at most the chunk in flight.
         batch_size: Prompts per generate call (hf).
-        device: cpu | cuda (hf).
-        dtype: Weights dtype for hf/vllm: float32 | bfloat16.
+        device: auto | cpu | cuda (hf; auto: cuda when available).
+        dtype: Weights dtype for hf/vllm: auto | float32 | bfloat16 | float16 (auto: bf16 only where the device computes it natively).
         base_url: OpenAI-compatible server URL (openai), e.g. http://127.0.0.1:8000/v1.
         api_key_env: Environment variable holding the API key (never logged).
         api_key_file: A file whose first line is the API key (instead of api_key_env; never logged or written).
@@ -253,8 +253,8 @@ def score(
     offset: int = 0,
     batch_size: int = 8,
     chunk_size: int = 16,
-    device: str = "cpu",
-    dtype: str = "float32",
+    device: str = "auto",
+    dtype: str = "auto",
     autocast_bf16: bool = False,
     max_length: int = 1024,
 ) -> str:
@@ -272,8 +272,8 @@ def score(
         offset: Skip this many records first.
         batch_size: Sequences per forward pass (forced).
         chunk_size: Records per chunk written together (forced).
-        device: cpu | cuda (forced).
-        dtype: Weights dtype (forced): float32 | bfloat16.
+        device: auto | cpu | cuda (forced).
+        dtype: Weights dtype (forced): auto | float32 | bfloat16 | float16.
         autocast_bf16: bf16 autocast for the forward pass (forced).
         max_length: Longest prompt+response in tokens (the prompt's head is cut first).
     """
@@ -295,7 +295,10 @@ def score(
             from tuna.models import load_model, load_tokenizer
 
             tok = load_tokenizer(model)
-            lm = load_model(model, dtype=dtype, tokenizer=tok).to(device).eval()
+            from tuna.precision import device_type, resolve_dtype
+
+            device = device_type(device)
+            lm = load_model(model, dtype=resolve_dtype(dtype, device), tokenizer=tok).to(device).eval()
             scorer = ForcedScorer(lm, tok, template=template, system_prompt=system_prompt, batch_size=batch_size,
                                   autocast_bf16=autocast_bf16, device=device, max_length=max_length)
             for chunk in _chunks(todo, chunk_size):
