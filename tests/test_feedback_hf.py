@@ -109,7 +109,7 @@ def test_smol_batched_greedy_equals_one_at_a_time(smol_dir, shared_data) -> None
     from tuna.records import import_alpaca
 
     recs = import_alpaca(shared_data / "alpaca/alpaca_data_reconstructed.jsonl.gz", limit=2)
-    gen = HFGenerator(smol_dir, batch_size=2)
+    gen = HFGenerator(smol_dir, batch_size=2, dtype="float32")  # exact padding check: fp32
     prompts = [render_prompt(r.instruction, r.input, template="chat", tokenizer=gen.tokenizer) for r in recs]
     p = SamplingParams(n=1, temperature=0.0, max_new_tokens=8, logprobs=True)
     batched = [g[0] for g in gen.generate(prompts, p)]

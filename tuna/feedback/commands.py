@@ -7,6 +7,7 @@ torch and transformers are imported only inside the commands.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
@@ -128,6 +129,7 @@ def sample(
     api_key_file: str | None = None,
     mode: str = "completions",
     concurrency: int = 4,
+    n_ctx: int = 2048,
 ) -> str:
     """Sample N candidate responses per instruction (candidate sets, ranking null).
 
@@ -135,7 +137,7 @@ def sample(
         input: Tuna records (JSONL) or Alpaca JSON/JSONL.
         out: Output JSONL; existing ids are skipped (resume).
         model: Model name/path (hf/vllm) or the served model name (openai).
-        backend: hf | openai | vllm.
+        backend: hf | openai | vllm | llamacpp (a local llama.cpp server for an embedded name or .gguf; no log-probs).
         input_format: auto | tuna | alpaca.
         limit: Use at most this many input records.
         offset: Skip this many input records first.
@@ -161,6 +163,7 @@ def sample(
         api_key_file: A file whose first line is the API key (instead of api_key_env; never logged or written).
         mode: completions | chat (openai).
         concurrency: Parallel requests (openai).
+        n_ctx: Context size of the local llama.cpp server (llamacpp).
     """
     from tuna.feedback.dedup import set_diversity
     from tuna.feedback.generators import SamplingParams, make_generator, with_seed
@@ -172,7 +175,8 @@ def sample(
     index = {r.id: i for i, r in enumerate(records)}
     if stop is None and template == "alpaca":
         stop = ALPACA_STOP
-    with JsonlAppender(out) as app:
+    with contextlib.ExitStack() as stack:
+        app = stack.enter_context(JsonlAppender(out))
         todo = [r for r in records if r.id not in app.done_ids]
         log.info("sample: %d records, %d already in %s, %d to do", len(records), len(records) - len(todo), out, len(todo))
         if not todo:
@@ -183,6 +187,18 @@ def sample(
         elif backend == "openai":
             gen = make_generator("openai", model, base_url=base_url, api_key_env=api_key_env, api_key_file=api_key_file,
                                  mode=mode, concurrency=concurrency)
+        elif backend == "llamacpp":
+            if logprobs:
+                raise TunaError("backend llamacpp samples without token log-probs (llama-cpp-python sorts the whole vocabulary in "
+                                "Python for each token's log-prob: far too slow for a 262k vocabulary); sample with "
+                                "--logprobs false and rank with `tuna score --method forced --model <the same model>`",
+                                field="logprobs")
+            from tuna.feedback.server import LlamaCppServer
+
+            # llama.cpp decodes a GGUF on the CPU several times faster than transformers where bf16 is not native.
+            server = stack.enter_context(LlamaCppServer(model, n_ctx=n_ctx, seed=seed))
+            gen = make_generator("openai", server.model, base_url=server.base_url, mode="completions", concurrency=1)
+            gen.name = model
         else:
             gen = make_generator(backend, model, dtype=dtype)
         tok = getattr(gen, "tokenizer", None)
