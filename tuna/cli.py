@@ -132,14 +132,18 @@ def commands() -> dict[str, Any]:
         "import": import_records,
     }
     # Commands of the other packages register themselves here (each module imports torch lazily).
-    for modname in ("tuna.feedback.commands", "evaluation.commands", "tuna.pipeline"):
+    for modname in ("tuna.feedback.commands", "evaluation.commands", "evaluation.verifiable_commands", "tuna.pipeline"):
         try:
             mod = __import__(modname, fromlist=["COMMANDS"])
         except ModuleNotFoundError as e:
             if e.name != modname:
                 raise
             continue
-        cmds.update(mod.COMMANDS)
+        for name, cmd in mod.COMMANDS.items():  # command groups (eval) may come from several modules
+            if isinstance(cmd, dict) and isinstance(cmds.get(name), dict):
+                cmds[name] = {**cmds[name], **cmd}
+            else:
+                cmds[name] = cmd
     return cmds
 
 

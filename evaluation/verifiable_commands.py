@@ -1,0 +1,216 @@
+"""``tuna verifiable-data``, ``tuna rank``, ``tuna eval verifiable`` and ``tuna eval pairs`` (see evaluation.verifiable)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tuna.errors import TunaError
+
+
+def _sha(path: str) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def _shared(sub: str) -> str:
+    root = Path(os.environ.get("TUNA_SHARED_DATA", Path.cwd().parent / "shared" / "data"))
+    p = root / sub
+    if not p.exists():
+        raise TunaError(f"no data given and the default {p} does not exist (pass the path or set TUNA_SHARED_DATA)")
+    return str(p)
+
+
+def verifiable_data(
+    out_dir: str = "runs/verifiable/data",
+    superni_data: str | None = None,
+    lmentry_data: str | None = None,
+    lmentry_eval_per_task: int = 12,
+    lmentry_val_per_task: int = 2,
+    lmentry_train_per_task: int = 8,
+    superni_eval_per_task: int = 25,
+    superni_val_per_task: int = 5,
+    superni_train_per_task: int = 25,
+    seed: int = 0,
+) -> str:
+    """Disjoint train / val / held-out instruction files from LMentry and the Super-NI slice, for verifiable feedback.
+
+    Args:
+        out_dir: Writes train.jsonl, val.jsonl and heldout.jsonl here.
+        superni_data: Super-NI instances with inputs (default: the shared 8-task slice).
+        lmentry_data: lmentry_tasks.json.gz (default: the shared copy).
+        lmentry_eval_per_task: Held-out examples per LMentry task (the `tuna eval lmentry --limit` slice).
+        lmentry_val_per_task: Validation examples per LMentry task (outside the evaluation slice).
+        lmentry_train_per_task: Training examples per LMentry task (outside the evaluation slice).
+        superni_eval_per_task: Held-out instances per Super-NI task (from one half of its instances).
+        superni_val_per_task: Validation instances per Super-NI task (from the other half).
+        superni_train_per_task: Training instances per Super-NI task (from the other half).
+        seed: Which LMentry examples outside the evaluation slice are drawn.
+    """
+    from evaluation.verifiable import make_splits
+    from tuna.records import write_records
+
+    splits = make_splits(superni_data=superni_data or _shared("superni/superni_test_slice.jsonl.gz"),
+                         lmentry_data=lmentry_data or _shared("lmentry/lmentry_tasks.json.gz"),
+                         lmentry_eval_per_task=lmentry_eval_per_task, lmentry_val_per_task=lmentry_val_per_task,
+                         lmentry_train_per_task=lmentry_train_per_task, superni_eval_per_task=superni_eval_per_task,
+                         superni_val_per_task=superni_val_per_task, superni_train_per_task=superni_train_per_task, seed=seed)
+    out = Path(out_dir)
+    for name, recs in splits.items():
+        write_records(out / f"{name}.jsonl", recs)
+    print("verifiable splits: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()) + f" -> {out}/")
+    return str(out)
+
+
+def rank(input: str, out: str, by: str = "task", limit: int | None = None, offset: int = 0) -> str:
+    """Rank candidate sets by a verifier (ranked sets with ranking.by = verifier); resumable.
+
+    Args:
+        input: Candidate sets (tuna records JSONL), e.g. from `tuna sample` on `tuna verifiable-data` instructions.
+        out: Output JSONL of ranked sets; ids already there are skipped.
+        by: task (the benchmark's own per-item scorer) | rouge_l (ROUGE-L F against the references or the gold response).
+        limit: Use at most this many records.
+        offset: Skip this many records first.
+    """
+    from evaluation.verifiable import VERIFIERS, count_pairs, rank_by_verifier
+    from tuna.feedback.commands import load_inputs
+    from tuna.records import JsonlAppender
+
+    if by not in VERIFIERS:
+        raise TunaError(f"unknown verifier {by!r} ({' | '.join(VERIFIERS)})", field="by")
+    records = load_inputs(input, fmt="tuna", limit=limit, offset=offset, min_candidates=2)
+    t0 = time.monotonic()
+    ordered = tied = 0
+    with JsonlAppender(out) as app:
+        todo = [r for r in records if r.id not in app.done_ids]
+        for r in todo:
+            ranked = rank_by_verifier(r, by)  # type: ignore[arg-type]
+            o, t = count_pairs([c.score or 0.0 for c in ranked.candidates])
+            ordered, tied = ordered + o, tied + t
+            app.write(ranked)
+    share = f"{100 * tied / (ordered + tied):.1f} %" if ordered + tied else "-"
+    print(f"rank ({by}): {len(todo)} ranked ({len(records) - len(todo)} already done), {ordered} ordered and {tied} tied "
+          f"candidate pairs ({share} tied) in {time.monotonic() - t0:.1f} s -> {out}")
+    return out
+
+
+def eval_verifiable(
+    model: str,
+    data: str,
+    by: str = "task",
+    limit: int | None = None,
+    template: str = "alpaca",
+    backend: str = "hf",
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    dtype: str = "auto",
+    device: str = "auto",
+    base_url: str | None = None,
+    out_root: str = "runs/eval",
+    tags: dict[str, Any] | None = None,
+) -> str:
+    """Greedy answers on a verifiable split (e.g. heldout.jsonl), scored by each item's own verifier.
+
+    Args:
+        model: The model to generate with.
+        data: Instruction records from `tuna verifiable-data`.
+        by: task | rouge_l (see `tuna rank`).
+        limit: First n records.
+        template: alpaca | chat | raw.
+        backend: hf | openai | vllm.
+        max_new_tokens: Answer length.
+        batch_size: Prompts per generation batch.
+        dtype: auto | float32 | bfloat16 | float16.
+        device: auto | cpu | cuda.
+        base_url: OpenAI-compatible server (backend openai).
+        out_root: Where runs go.
+        tags: Free labels stored in results.json.
+    """
+    from evaluation.predictions import GenerationSettings, Timer, generate_cached, render, start_run, write_results
+    from evaluation.verifiable import item_scores, summarise_items
+    from tuna.precision import device_type, resolve_dtype
+    from tuna.records import atomic_write_text, read_records
+
+    timer = Timer()
+    records = read_records(data)[:limit] if limit else read_records(data)
+    if backend == "hf":
+        device = device_type(device)
+        dtype = resolve_dtype(dtype, device)
+    gen = GenerationSettings(backend=backend, template=template, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                             dtype=dtype, device=device, base_url=base_url)
+    settings = {"benchmark": "verifiable", "model": model, "data": str(data), "data_hash": _sha(data), "n": len(records),
+                "by": by, **gen.hashed()}
+    d = start_run(out_root, "verifiable", model, settings)
+    prompts = render([r.instruction for r in records], template, model)
+    items = [{"id": r.id, "prompt": p} for r, p in zip(records, prompts)]
+    preds = generate_cached(items, d / "predictions.jsonl", model=model, gen=gen, desc="verifiable")
+    rows = item_scores(records, {k: v["prediction"] for k, v in preds.items()}, by)  # type: ignore[arg-type]
+    atomic_write_text(d / "scores.jsonl", "".join(json.dumps(x) + "\n" for x in rows))
+    metrics = summarise_items(rows)
+    path = write_results(d, benchmark="verifiable", model=model, settings=settings, metrics=metrics, wall_time_s=timer(), tags=tags)
+    per = ", ".join(f"{k} {v['score']:.2f} (n={v['n']})" for k, v in metrics["per_benchmark"].items())
+    print(f"verifiable {model}: {metrics['score']:.2f} over {metrics['n']} items ({per}) -> {path}")
+    return str(path)
+
+
+def eval_pairs(
+    model: str,
+    data: str,
+    limit: int | None = None,
+    template: str = "alpaca",
+    max_length: int = 512,
+    batch_size: int = 4,
+    dtype: str = "float32",
+    device: str = "auto",
+    logprob_mode: str = "chunked",
+    out_root: str = "runs/eval",
+    tags: dict[str, Any] | None = None,
+) -> str:
+    """Held-out pair accuracy: the share of a ranked set's untied candidate pairs whose order by the model's
+    length-normalised log-likelihood matches the ranking (the most direct measure that a ranking was learned).
+
+    Args:
+        model: The model whose log-likelihoods are compared.
+        data: Ranked sets the model never trained on (e.g. `tuna rank` on held-out samples).
+        limit: First n records.
+        template: The prompt template training used (alpaca | chat | raw).
+        max_length: Token limit per prompt + response (as in training).
+        batch_size: Records per forward pass.
+        dtype: float32 (default: exact comparisons) | auto | bfloat16.
+        device: auto | cpu | cuda.
+        logprob_mode: chunked | full | packed | prefix_shared (all give the same scores; tested).
+        out_root: Where runs go.
+        tags: Free labels stored in results.json.
+    """
+    from evaluation.predictions import Timer, start_run, write_results
+    from evaluation.verifiable import model_pair_outcomes, summarise_pairs
+    from tuna.models import load_model, load_tokenizer
+    from tuna.precision import device_type, resolve_dtype
+    from tuna.records import atomic_write_text, read_records
+
+    timer = Timer()
+    records = read_records(data, kind="ranked")
+    records = records[:limit] if limit else records
+    device = device_type(device)
+    dtype = resolve_dtype(dtype, device)
+    settings = {"benchmark": "pairs", "model": model, "data": str(data), "data_hash": _sha(data), "n": len(records),
+                "template": template, "max_length": max_length, "dtype": dtype}
+    d = start_run(out_root, "pairs", model, settings)
+    tok = load_tokenizer(model)
+    lm = load_model(model, dtype=dtype, tokenizer=tok).to(device)
+    rows = model_pair_outcomes(lm, tok, records, template=template, max_length=max_length, batch_size=batch_size,
+                               logprob_mode=logprob_mode)
+    atomic_write_text(d / "scores.jsonl", "".join(json.dumps(x) + "\n" for x in rows))
+    metrics = summarise_pairs(rows)
+    path = write_results(d, benchmark="pairs", model=model, settings=settings, metrics=metrics, wall_time_s=timer(), tags=tags)
+    print(f"pair accuracy {model}: {metrics['pair_accuracy']} over {metrics['pairs']} pairs in {metrics['n']} sets "
+          f"({metrics['tied_pairs']} tied pairs not scored) -> {path}")
+    return str(path)
+
+
+COMMANDS = {"verifiable-data": verifiable_data, "rank": rank, "eval": {"verifiable": eval_verifiable, "pairs": eval_pairs}}
