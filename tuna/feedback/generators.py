@@ -28,6 +28,9 @@ class SamplingParams:
     temperature: float = 1.0
     """0 means greedy decoding."""
     top_p: float = 1.0
+    top_k: int = 50
+    """Keep the k most likely tokens (0: off). 50 is Hugging Face ``generate``'s default, which the released student
+    sampler used by not setting it (non_interactive_generate.py L125-136); the OpenAI API has no top-k (not sent)."""
     max_new_tokens: int = 256
     seed: int = 0
     logprobs: bool = False
@@ -202,7 +205,7 @@ class HFGenerator:
         if greedy:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         else:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         if params.stop:
             # Not transformers' stop_strings: its StopStringCriteria pre-processes the whole vocabulary (minutes for
             # Gemma's 262k tokens). Decoding the last few tokens of each row per step is cheap.
@@ -358,7 +361,8 @@ class VLLMGenerator:
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
         import vllm
 
-        sp = vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
+        sp = vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
+                                 top_k=params.top_k if params.top_k > 0 else -1, max_tokens=params.max_new_tokens,
                                  seed=params.seed, logprobs=0 if params.logprobs else None, stop=params.stop)
         out = []
         for req in self.llm.generate(prompts, sp, use_tqdm=False):
