@@ -499,7 +499,8 @@ def import_tuna_davinci(path: str | os.PathLike, *, beta: float | None = None) -
     return out
 
 
-def import_tuna_gpt4_ranking(path: str | os.PathLike, *, reference: str = "drop", missing: str = "last") -> list[Record]:
+def import_tuna_gpt4_ranking(path: str | os.PathLike, *, reference: str = "drop", missing: str = "last",
+                             alpaca: str | os.PathLike | None = None) -> list[Record]:
     """``gpt-4-ranking.json``, written by the released ``gpt-eval.py`` (L154-157).
 
     The student's prompt is ``instruct``: the Alpaca-rendered prompt ``non_interactive_generate.py`` sampled the
@@ -509,8 +510,10 @@ def import_tuna_gpt4_ranking(path: str | os.PathLike, *, reference: str = "drop"
     README): the integers gpt-eval.py took from the reply. Out-of-range and repeated indices are skipped (and
     noted). ``reference`` and ``missing`` are ``tuna judge``'s policies with its defaults: GPT-4's own Response 4 is
     dropped (``include`` keeps it, as the best-scoring candidate it usually is), and responses GPT-4 left out as
-    duplicates follow the ranked ones, tied (``drop`` removes them). Score = number of items − position. How the
-    released training file was built from this one was not released (docs/fidelity.md)."""
+    duplicates follow the ranked ones, tied (``drop`` removes them). Score = number of items − position. ``alpaca``:
+    an Alpaca file whose examples give the records of the same instruction and input their ``gold`` (what
+    ``data.regularizer`` mixes in). How the released training file was built from this one was not released
+    (docs/fidelity.md)."""
     if reference not in ("drop", "include"):
         raise TunaError(f"reference must be drop | include, got {reference!r}", field="reference")
     if missing not in ("last", "drop"):
@@ -558,7 +561,18 @@ def import_tuna_gpt4_ranking(path: str | os.PathLike, *, reference: str = "drop"
                                     **({"notes": notes} if notes else {})}},
             "provenance": prov,
         }, path=path, line=line))
-    return out
+    return attach_gold(out, import_alpaca(alpaca)) if alpaca else out
+
+
+def attach_gold(records: list[Record], examples: list[Record]) -> list[Record]:
+    """``records`` with ``gold`` from the example of the same instruction and input (the first one, when an
+    instruction repeats); records without a match keep theirs."""
+    golds: dict[tuple[str, str], str] = {}
+    for e in examples:
+        if e.gold is not None:
+            golds.setdefault((e.instruction, e.input), e.gold)
+    return [r.model_copy(update={"gold": golds[(r.instruction, r.input)]}) if (r.instruction, r.input) in golds else r
+            for r in records]
 
 
 def import_vicuna_answers(path: str | os.PathLike, questions: str | os.PathLike, *, models: list[str] | None = None) -> list[Record]:
