@@ -481,6 +481,10 @@ def judge(
         parse = PARSERS[parser]
         parsed = [parse(r.text or "", len(rec.candidates) + 1, **({"fallback_scores": fallback_scores} if parser == "robust" else {}))
                   for r in reps]
+        for p in parsed:
+            if p.order is not None and not any(k < len(rec.candidates) for k in p.order):
+                # e.g. 'rank: [4]': only the judge's own response; nothing to train on (the importer skips these too)
+                p.order, p.reason = None, "rank list names only the judge's own response"
         ok = [p for p in parsed if p.order is not None]
         if not ok:
             reason = ("budget" if "budget" in errors else f"error: {errors[0]}") if errors else f"unparseable: {parsed[0].reason}"
