@@ -46,7 +46,8 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up and a cosine decay (the released code's HF Trainer settings)."""
+    """AdamW with linear warm-up from 0 and a cosine decay to 0: Hugging Face Trainer's schedules, as the released
+    code used them (docs/fidelity.md)."""
 
     lr: float = 1e-5
     weight_decay: float = 0.0
@@ -71,7 +72,9 @@ class TrainerConfig:
     max_epochs: int = 1
     max_steps: int = -1
     accumulate_grad_batches: int = 1
-    gradient_clip_val: float | None = 1.0
+    gradient_clip_val: float | None = None
+    """None: no clipping, as the released runs (DeepSpeed's gradient_clipping defaults to 0 and the released config
+    sets none; Hugging Face Trainer leaves clipping to DeepSpeed). docs/fidelity.md, "clipping"."""
     log_every_n_steps: int = 1
     checkpoint_every_n_steps: int = 0
     """Save a resumable checkpoint every n optimizer steps (0: only at the end of training)."""
