@@ -140,7 +140,7 @@ def commands() -> dict[str, Any]:
         "import": import_records,
     }
     # Commands of the other packages register themselves here (each module imports torch lazily).
-    for modname in ("tuna.feedback.commands", "evaluation.commands", "tuna.pipeline"):
+    for modname in ("tuna.feedback.commands", "evaluation.commands", "tuna.pipeline", "tuna.reproduce"):
         try:
             mod = __import__(modname, fromlist=["COMMANDS"])
         except ModuleNotFoundError as e:
@@ -154,8 +154,9 @@ def commands() -> dict[str, Any]:
 def _run_config(result: Any) -> Any:
     """Commands given as config dataclasses (pipeline, demo, sweep) parse to an instance; run it here."""
     from tuna.pipeline import RUNNERS
+    from tuna.reproduce import RUNNERS as REPRODUCE
 
-    runner = RUNNERS.get(type(result))
+    runner = {**RUNNERS, **REPRODUCE}.get(type(result))
     return runner(result) if runner else result
 
 
