@@ -54,7 +54,7 @@ class ReproduceConfig:
     pipeline: str | None = None
     """The pipeline settings YAML (default: experiments/pipeline/paper.yaml); its data keys are set from the files above."""
     set: dict[str, Any] = field(default_factory=dict)
-    """Dotted overrides of the pipeline settings, applied last (e.g. {trainer.devices: 4} per stage, evaluation limits)."""
+    """Dotted overrides of the pipeline settings, applied last, e.g. {prob_rank.trainer.devices: 4, evaluation.superni_limit: 10}."""
     name: str = "reproduce"
     run_dir: str = "runs/reproduce"
     results_dir: str = "results/reproduce"
@@ -125,10 +125,11 @@ def split_table(md: str, prefix: str) -> str | None:
     return "\n".join(out) + "\n"
 
 
-def run_reproduce(rc: ReproduceConfig) -> dict[str, Any]:
+def prepare(rc: ReproduceConfig) -> Any:
+    """Import the released files into ``run_dir/released/`` and build the pipeline config that trains on them."""
     import yaml
 
-    from tuna.pipeline import build_config, run_pipeline, set_dotted
+    from tuna.pipeline import build_config, set_dotted
     from tuna.records import write_records
 
     for key in ("base_model", "prob_data", "context_data"):
@@ -169,7 +170,13 @@ def run_reproduce(rc: ReproduceConfig) -> dict[str, Any]:
     cfg["context_rank"]["data"]["regularizer"] = "none" if context_fmt == "tuna-train" else "copies"
     for k, v in rc.set.items():
         set_dotted(cfg, k, v)
-    data = run_pipeline(build_config(cfg))
+    return build_config(cfg)
+
+
+def run_reproduce(rc: ReproduceConfig) -> dict[str, Any]:
+    from tuna.pipeline import run_pipeline
+
+    data = run_pipeline(prepare(rc))
 
     main = Path(rc.results_dir) / "main.md"
     tables = {}
