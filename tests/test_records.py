@@ -152,7 +152,7 @@ def test_import_tuna_train_keeps_the_released_prompt_order_and_every_row():
     checked = 0
     for rec, row in zip(recs, raw):
         assert rec.prompt == row["instruction"]  # verbatim: the string train_tuna.py concatenates with each output
-        # the released order: sorted(zip(outputs, scores), key=score, reverse=True) (train_tuna.py L171)
+        # the released order: sorted(zip(outputs, scores), key=score, reverse=True) (train_tuna.py L257)
         expect = [o for o, _ in sorted(zip(row["output"], row["score"]), key=lambda x: x[1], reverse=True)]
         assert [c.text for c in rec.candidates] == expect
         assert released_render({"instruction": rec.instruction, "input": rec.input}) == row["instruction"]

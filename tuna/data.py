@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 def adds_bos(prompt: str, tokenizer: Any) -> bool:
     """Whether tokenising ``prompt`` should add the tokenizer's special tokens: yes, unless the text already starts
     with the BOS token (chat templates write it). The released code tokenised its rendered prompts with the
-    defaults, so its LLaMA sequences start with BOS (train_tuna.py L131); generation uses the same rule."""
+    defaults, so its LLaMA sequences start with BOS (train_tuna.py L217-225); generation uses the same rule."""
     bos = getattr(tokenizer, "bos_token", None)
     return not (bos and prompt.startswith(bos))
 

@@ -371,7 +371,7 @@ class _UniqueIds:
 
 def best_first(scores: list[float]) -> list[int]:
     """Indices by decreasing score; ties keep their file order (the released code's stable ``sorted(...,
-    reverse=True)``, train_tuna.py L171)."""
+    reverse=True)``, train_tuna.py L257)."""
     return sorted(range(len(scores)), key=lambda k: -scores[k])
 
 
@@ -432,9 +432,9 @@ def import_tuna_train(path: str | os.PathLike) -> list[Record]:
     """A released training file (``train.davinci_003_w_prob.w_orig_alpaca.json``,
     ``train.gpt-4-ranking.w_orig_alpaca.json``): exactly what ``train_tuna.py`` reads.
 
-    ``instruction`` is the rendered prompt the released code puts in front of each output (L195
+    ``instruction`` is the rendered prompt the released code puts in front of each output (L256
     ``f"{inst}{out}{eos}"``); it becomes ``prompt``, verbatim (instruction and input are recovered from the Alpaca
-    template for display and judging). Outputs are ordered best-first by ``score`` with a stable sort, as L171
+    template for display and judging). Outputs are ordered best-first by ``score`` with a stable sort, as L257
     does, so tied outputs keep their file order. Every row is kept, including the original-Alpaca rows these files
     mix in: train them with ``data.regularizer: none`` (the regulariser is already inside)."""
     path = Path(path)
