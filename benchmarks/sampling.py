@@ -79,7 +79,7 @@ def main() -> None:
     gen = make_generator("hf", "smollm2-135m-instruct", batch_size=args.batch_size, dtype="float32", tokenizer=tok)
     model = gen.model
     prompts = alpaca_prompts(args.prompts, tok)
-    params = SamplingParams(n=args.n, temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=0)
+    params = SamplingParams(n=args.n, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.max_new_tokens, seed=0)
     eos_ids = model.generation_config.eos_token_id
     eos = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
     kw = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.max_new_tokens,

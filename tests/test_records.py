@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -129,28 +130,106 @@ def test_import_real_alpaca(shared_data):
     assert recs[0].provenance["provenance"] in {"verbatim_verified", "verbatim_restored", "open_chinese_en_unverified"}
 
 
-def test_import_released_formats(tmp_path):
-    """Field lists of the paper's released files (PAPER.md §4.2, §5.3; README of microsoft/LMOps tuna)."""
-    train = tmp_path / "train.json"
-    train.write_text(json.dumps([{"instruction": "PROMPT### Response:", "output": ["a", "b", "c"], "score": [0.1, 0.5, 0.1],
-                                  "id": 3}]))
-    rec = import_tuna_train(train)[0]
-    assert [c.text for c in rec.candidates] == ["b", "a", "c"]  # stable sort keeps ties in file order
-    assert rec.prompt == "PROMPT### Response:"
+RELEASED = Path(__file__).parent / "fixtures" / "released"
 
-    davinci = tmp_path / "davinci.json"
-    with gzip.open(str(davinci) + ".gz", "wt") as f:
-        f.write(json.dumps({"orig": {"instruction": "I", "input": "", "output": "gold"}, "text": ["x", "yy", "z"],
-                            "avg_token_prob": [-1.0, -0.5, -2.0], "length": [2, 4, 1], "logprob": [-2.0, -2.0, -2.0]}) + "\n")
-    rec = import_tuna_davinci(str(davinci) + ".gz")[0]
-    assert [c.text for c in rec.candidates] == ["yy", "x", "z"] and rec.gold == "gold"
-    rec13 = import_tuna_davinci(str(davinci) + ".gz", beta=1.3)[0]
+
+def released_render(example: dict) -> str:
+    """PROMPT_DICT and its selection rule, written out from the released train.py (L32-43, L148-151)."""
+    if example.get("input", "") != "":
+        return ("Below is an instruction that describes a task, paired with an input that provides further context. "
+                "Write a response that appropriately completes the request.\n\n"
+                f"### Instruction:\n{example['instruction']}\n\n### Input:\n{example['input']}\n\n### Response:")
+    return ("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+            f"### Instruction:\n{example['instruction']}\n\n### Response:")
+
+
+def test_import_tuna_train_keeps_the_released_prompt_order_and_every_row():
+    path = RELEASED / "train.davinci_003_w_prob.w_orig_alpaca.json"
+    raw = json.loads(path.read_text())
+    recs = import_tuna_train(path)
+    assert len(recs) == len(raw) == 8  # every row, the original-Alpaca ones included
+    assert len({r.id for r in recs}) == 8 and recs[4].id == "0#2" and recs[4].provenance["released_id"] == 0
+    checked = 0
+    for rec, row in zip(recs, raw):
+        assert rec.prompt == row["instruction"]  # verbatim: the string train_tuna.py concatenates with each output
+        # the released order: sorted(zip(outputs, scores), key=score, reverse=True) (train_tuna.py L257)
+        expect = [o for o, _ in sorted(zip(row["output"], row["score"]), key=lambda x: x[1], reverse=True)]
+        assert [c.text for c in rec.candidates] == expect
+        assert released_render({"instruction": rec.instruction, "input": rec.input}) == row["instruction"]
+        assert rec.provenance.get("identical_outputs", False) == (len(set(row["output"])) == 1)
+        checked += 1
+    assert checked == 8
+    # a tie keeps its file order: row 1 scores -0.40 twice (outputs 1 and 3)
+    assert [c.text for c in recs[1].candidates][1:3] == [raw[1]["output"][1], raw[1]["output"][3]]
+
+
+def test_import_tuna_davinci_reads_the_stored_average_and_renders_the_released_prompt(tmp_path):
+    path = RELEASED / "davinci_003_w_prob.jsonl"
+    raw = [json.loads(line) for line in path.read_text().splitlines()]
+    recs = import_tuna_davinci(path)
+    assert len(recs) == 4
+    for rec, row in zip(recs, raw):
+        assert rec.prompt == released_render(row["orig"]) and rec.gold == row["orig"]["output"]
+        expect = [t for t, _ in sorted(zip(row["text"], row["avg_token_prob"]), key=lambda x: x[1], reverse=True)]
+        assert [c.text for c in rec.candidates] == expect
+        assert [c.score for c in rec.candidates] == sorted(row["avg_token_prob"], reverse=True)
+        assert rec.provenance["teacher"]["logprob"] == row["logprob"]
+    # the same rows as a gzipped JSON array, and the logprob/length**beta alternative
+    arr = tmp_path / "davinci.json.gz"
+    with gzip.open(arr, "wt") as f:
+        json.dump(raw, f, indent=4)
+    assert [r.model_dump() for r in import_tuna_davinci(arr)] == [r.model_dump() | {"provenance": r.provenance | {"file": arr.name}}
+                                                                 for r in recs]
+    rec13 = import_tuna_davinci(path, beta=1.3)[1]
+    lp, n = raw[1]["logprob"], raw[1]["length"]
     assert rec13.ranking.method == "logprob/len^1.3"
+    assert [c.score for c in rec13.candidates] == pytest.approx(sorted((a / b**1.3 for a, b in zip(lp, n)), reverse=True))
 
-    gpt4 = tmp_path / "gpt4.jsonl"
-    gpt4.write_text(json.dumps({"prompt": "P", "instruct": "I", "generation": ["g0", "g1", "g2", "g3"], "id": 9,
-                                "gpt_eval": "...", "rank_str": "[4, 2, 0, 1]", "ranks": [4, 2, 0, 1], "response_4": "ref"}) + "\n")
-    rec = import_tuna_gpt4_ranking(gpt4)[0]
-    assert [c.text for c in rec.candidates] == ["g2", "g0", "g1"]  # GPT-4's own Response 4 dropped; g3 was a duplicate
-    rec = import_tuna_gpt4_ranking(gpt4, include_reference=True)[0]
-    assert [c.text for c in rec.candidates] == ["ref", "g2", "g0", "g1"]
+
+def test_import_tuna_gpt4_student_prompt_is_instruct_and_gpt4_goes_to_provenance(caplog):
+    path = RELEASED / "gpt-4-ranking.json"
+    raw = json.loads(path.read_text())
+    recs = import_tuna_gpt4_ranking(path)
+    # record 1003: its reply echoed the format first, so the released ranks are [4] (GPT-4's own): skipped, logged
+    assert [r.id for r in recs] == ["1004", "1005", "1001"]
+    assert "field 'rank': [4] names none of the 4 responses" in caplog.text
+    by_id = {str(row["id"]): row for row in raw}
+    for rec in recs:
+        row = by_id[rec.id]
+        assert rec.prompt == row["instruct"]  # the student's prompt, not GPT-4's
+        assert released_render({"instruction": rec.instruction, "input": rec.input}) == row["instruct"]
+        assert rec.provenance["judge"] == {k: row[k] for k in ("prompt", "gpt_eval", "rank_str", "response_4")} | {"ranks": row["ranks"]}
+        assert sorted(c.text for c in rec.candidates) == sorted(row["generation"])  # all four, GPT-4's answer dropped
+    r1004, r1005, r1001 = recs
+    assert [c.text for c in r1004.candidates] == [raw[0]["generation"][k] for k in (1, 0, 2, 3)]
+    assert [c.score for c in r1004.candidates] == [4.0, 3.0, 2.0, 1.0]
+    # 1005: GPT-4 kept one of the duplicates 1 and 3; the left-out one follows, tied with nothing after it
+    assert r1005.ranking.details["order"] == [2, 0, 1, 3] and r1005.ranking.details["missing"] == [3]
+    # 1001: ranks [0, 3, 1, 2, 4, 0, 15]: GPT-4's 4 dropped, the repeat and the out-of-range 15 skipped and noted
+    assert r1001.ranking.details["order"] == [0, 3, 1, 2]
+    assert r1001.ranking.details["notes"] == ["skipped repeated index 0", "skipped index 15 (out of range)"]
+
+    ref = import_tuna_gpt4_ranking(path, reference="include", missing="drop")
+    assert [c.text for c in ref[0].candidates][0] == raw[0]["response_4"] and ref[0].candidates[0].source == "gpt-4-0314"
+    assert len(ref[1].candidates) == 4 and 3 not in ref[1].ranking.details["order"]  # duplicate dropped, GPT-4's kept
+    assert [r.id for r in ref] == ["1004", "1005", "1001"]  # 1003 names GPT-4's answer only: still nothing to rank
+
+
+def test_importers_name_file_line_and_field(tmp_path):
+    rows = json.loads((RELEASED / "train.davinci_003_w_prob.w_orig_alpaca.json").read_text())
+    rows[2]["score"] = rows[2]["score"][:3]
+    bad = tmp_path / "train.json"
+    bad.write_text(json.dumps(rows, indent=4))
+    line = [i + 1 for i, text in enumerate(bad.read_text().splitlines()) if text == "    {"][2]  # where item 2 starts
+    with pytest.raises(TunaError) as e:
+        import_tuna_train(bad)
+    assert str(e.value) == f"{bad}:{line}: field 'score': has 3 values for 4 responses"
+    rows = [json.loads(x) for x in (RELEASED / "davinci_003_w_prob.jsonl").read_text().splitlines()]
+    rows[3]["avg_token_prob"][1] = None
+    bad = tmp_path / "davinci.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(TunaError, match=r"davinci.jsonl:4: field 'avg_token_prob\[1\]': expected a finite number, got None"):
+        import_tuna_davinci(bad)
+    bad.write_text(json.dumps([{"orig": {"instruction": "x", "output": "y"}, "text": ["a"], "avg_token_prob": [-1]}]) [:-1])
+    with pytest.raises(TunaError, match="not closed"):
+        import_tuna_davinci(bad)

@@ -16,12 +16,15 @@ DRAWS = 200_000
 CHI2_CRIT_DF7 = 24.32
 
 
-def expected_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """Softmax at a temperature, then the smallest set of most likely tokens whose mass reaches top_p, renormalised."""
+def expected_probs(logits: torch.Tensor, temperature: float, top_p: float, top_k: int = 0) -> torch.Tensor:
+    """Softmax at a temperature over the top_k most likely tokens, then the smallest set of most likely tokens whose
+    mass reaches top_p, renormalised."""
     p = [math.exp(x / temperature) for x in logits.tolist()]
+    order = sorted(range(len(p)), key=lambda i: -p[i])
+    if top_k:
+        p = [x if i in order[:top_k] else 0.0 for i, x in enumerate(p)]
     z = sum(p)
     p = [x / z for x in p]
-    order = sorted(range(len(p)), key=lambda i: -p[i])
     keep, mass = set(), 0.0
     for i in order:
         keep.add(i)
@@ -33,10 +36,10 @@ def expected_probs(logits: torch.Tensor, temperature: float, top_p: float) -> to
     return torch.tensor([x / s for x in q], dtype=torch.float64)
 
 
-def draw(temperature: float, top_p: float, seed: int = 0) -> torch.Tensor:
+def draw(temperature: float, top_p: float, top_k: int = 0, seed: int = 0) -> torch.Tensor:
     torch.manual_seed(seed)
     scores = LOGITS.repeat(DRAWS, 1)
-    procs = sampling_processors(temperature, top_p)
+    procs = sampling_processors(temperature, top_p, top_k)
     out = procs(torch.zeros((DRAWS, 1), dtype=torch.long), scores)
     return torch.bincount(out.argmax(-1), minlength=len(LOGITS)).double()
 
@@ -47,10 +50,11 @@ def chi2(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, int]:
     return float(((counts[support] - exp) ** 2 / exp).sum()), int(support.sum()) - 1
 
 
-@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 1.0), (1.3, 0.9), (1.0, 0.6)])
-def test_gumbel_max_matches_the_warped_softmax(temperature, top_p):
-    counts = draw(temperature, top_p)
-    probs = expected_probs(LOGITS, temperature, top_p)
+@pytest.mark.parametrize(("temperature", "top_p", "top_k"), [(1.0, 1.0, 0), (0.7, 1.0, 0), (1.3, 0.9, 0), (1.0, 0.6, 0),
+                                                           (1.0, 1.0, 5), (1.5, 0.95, 6)])
+def test_gumbel_max_matches_the_warped_softmax(temperature, top_p, top_k):
+    counts = draw(temperature, top_p, top_k)
+    probs = expected_probs(LOGITS, temperature, top_p, top_k)
     assert counts[probs == 0].sum() == 0, "a token outside the nucleus was drawn"
     stat, df = chi2(counts, probs)
     crit = {7: CHI2_CRIT_DF7, 6: 22.46, 5: 20.52, 4: 18.47, 3: 16.27, 2: 13.82, 1: 10.83}[df]

@@ -105,20 +105,28 @@ def train_context_rank(
     return _train("context-rank", **locals())
 
 
-def import_records(fmt: str, path: str, out: str, limit: int | None = None) -> str:
-    """Convert Alpaca JSON/JSONL or the paper's released files into tuna records (JSONL).
+def import_records(fmt: str, path: str, out: str, limit: int | None = None, beta: float | None = None,
+                   reference: str = "drop", missing: str = "last", alpaca: str | None = None) -> str:
+    """Convert Alpaca JSON/JSONL or the paper's released files into tuna records (JSONL); docs/fidelity.md says
+    what each released field becomes.
 
     Args:
-        fmt: alpaca | tuna-train | tuna-davinci | tuna-gpt4.
-        path: The input file.
+        fmt: alpaca | tuna-train (train.*.w_orig_alpaca.json) | tuna-davinci (the text-davinci-003 data) |
+            tuna-gpt4 (gpt-4-ranking.json).
+        path: The input file (JSON array or JSONL, optionally .gz).
         out: The output JSONL.
         limit: Keep the first n records.
+        beta: tuna-davinci: rank by logprob/length**beta instead of the stored avg_token_prob.
+        reference: tuna-gpt4: drop | include GPT-4's own Response 4.
+        missing: tuna-gpt4: last | drop the responses GPT-4 left out of its ranking (duplicates).
+        alpaca: tuna-gpt4: Alpaca data that gives each record the gold of its instruction (for data.regularizer).
     """
     from tuna.records import IMPORTERS, write_records
 
     if fmt not in IMPORTERS:
         raise TunaError(f"unknown format {fmt!r} ({' | '.join(IMPORTERS)})", field="fmt")
-    records = IMPORTERS[fmt](path)
+    kwargs: dict[str, Any] = {"tuna-davinci": {"beta": beta}, "tuna-gpt4": {"reference": reference, "missing": missing, "alpaca": alpaca}}.get(fmt, {})
+    records = IMPORTERS[fmt](path, **kwargs)
     if limit:
         records = records[:limit]
     write_records(out, records)
@@ -132,7 +140,8 @@ def commands() -> dict[str, Any]:
         "import": import_records,
     }
     # Commands of the other packages register themselves here (each module imports torch lazily).
-    for modname in ("tuna.feedback.commands", "evaluation.commands", "evaluation.verifiable_commands", "tuna.pipeline"):
+    for modname in ("tuna.feedback.commands", "evaluation.commands", "evaluation.verifiable_commands", "tuna.pipeline",
+                    "tuna.reproduce"):
         try:
             mod = __import__(modname, fromlist=["COMMANDS"])
         except ModuleNotFoundError as e:
@@ -150,8 +159,9 @@ def commands() -> dict[str, Any]:
 def _run_config(result: Any) -> Any:
     """Commands given as config dataclasses (pipeline, demo, sweep) parse to an instance; run it here."""
     from tuna.pipeline import RUNNERS
+    from tuna.reproduce import RUNNERS as REPRODUCE
 
-    runner = RUNNERS.get(type(result))
+    runner = {**RUNNERS, **REPRODUCE}.get(type(result))
     return runner(result) if runner else result
 
 

@@ -10,6 +10,7 @@ from typing import Literal
 from tuna.prompts import TemplateName
 
 Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"]
+Regularizer = Literal["none", "copies", "mle_only", "top_candidate"]
 Strategy = Literal["auto", "ddp", "fsdp", "deepspeed"]
 PairReduction = Literal["per_distance_mean", "all_pairs_sum"]
 MleTarget = Literal["all", "best", "gold"]
@@ -45,7 +46,8 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up and a cosine decay (the released code's HF Trainer settings)."""
+    """AdamW with linear warm-up from 0 and a cosine decay to 0: Hugging Face Trainer's schedules, as the released
+    code used them (docs/fidelity.md)."""
 
     lr: float = 1e-5
     weight_decay: float = 0.0
@@ -70,7 +72,9 @@ class TrainerConfig:
     max_epochs: int = 1
     max_steps: int = -1
     accumulate_grad_batches: int = 1
-    gradient_clip_val: float | None = 1.0
+    gradient_clip_val: float | None = None
+    """None: no clipping, as the released runs (DeepSpeed's gradient_clipping defaults to 0 and the released config
+    sets none; Hugging Face Trainer leaves clipping to DeepSpeed). docs/fidelity.md, "clipping"."""
     log_every_n_steps: int = 1
     checkpoint_every_n_steps: int = 0
     """Save a resumable checkpoint every n optimizer steps (0: only at the end of training)."""
@@ -122,6 +126,19 @@ class DataConfig:
     overlong: Literal["truncate", "error"] = "truncate"
     num_candidates: int | None = None
     """Keep at most the top k ranked candidates per record (None: all)."""
+    response_tokens: Literal["in_context", "separate"] = "in_context"
+    """in_context: a response's tokens as they come out of tokenising prompt + response (the released code's tokens),
+    or of the response alone where the two merge across the seam; separate: always the response alone."""
+    regularizer: Regularizer = "none"
+    """Original-Alpaca rows in a ranking stage, as the released ``*.w_orig_alpaca.json`` files mix them in
+    (docs/fidelity.md, "data mix"): copies (an extra row per gold response, the gold repeated as every one of the K
+    candidates: the released files' shape, inferred), mle_only (an extra row whose gold enters the MLE term only),
+    top_candidate (no extra rows: each record's own gold becomes its best candidate), none."""
+    regularizer_file: str | None = None
+    """Gold instruction/response pairs (Alpaca JSON/JSONL, or tuna records with gold); None: the gold responses of the
+    training records themselves."""
+    regularizer_ratio: float | None = None
+    """Regulariser rows per training record, taken from the start of the source (None: all of them)."""
     sft_target: Literal["gold", "best"] = "gold"
     """SFT trains on the gold response, or on the top-ranked candidate when there is no gold."""
     batch_size: int = 4
@@ -134,3 +151,11 @@ class DataConfig:
     num_workers: int = 0
     cache_dir: str | None = None
     """Where tokenised datasets are cached (default: $TUNA_CACHE/datasets)."""
+
+    def __post_init__(self) -> None:
+        if self.regularizer not in ("none", "copies", "mle_only", "top_candidate"):
+            raise ValueError(f"data.regularizer must be none | copies | mle_only | top_candidate, got {self.regularizer!r}")
+        if self.response_tokens not in ("in_context", "separate"):
+            raise ValueError(f"data.response_tokens must be in_context | separate, got {self.response_tokens!r}")
+        if self.regularizer_ratio is not None and self.regularizer_ratio < 0:
+            raise ValueError(f"data.regularizer_ratio must be >= 0, got {self.regularizer_ratio}")

@@ -4,10 +4,21 @@ Each record becomes one prompt and S response *slots*: the ranked candidates bes
 plus the gold response in an extra slot when the MLE target is ``gold``; in ``sft`` mode one slot holding
 the gold response (or the top-ranked candidate).
 
-Tokenisation (with ``datasets``, cached on disk) encodes the prompt and each response **separately** and
-concatenates the ids, so the labels start exactly at the first response token (re-tokenising the prompt
-alone to find the boundary, as the released code does, can be off by one at the seam). The response gets
-the EOS token appended.
+Tokenisation (with ``datasets``, cached on disk) gives each record one prompt (its ids are shared by all its
+slots) and each response its own ids, so the labels start exactly at the first response token. A response's ids
+are those it gets when prompt + response are tokenised together (``data.response_tokens: in_context``): the
+tokens the released code trained on, which matters for tokenizers that mark a word start (SentencePiece's
+"▁" on a text of its own). Where the two merge across the seam (``:`` + ``-`` into ``:-``), the released code's
+labels start inside the merged token and the response's first characters were never a label; there the
+response is tokenised on its own (tests/test_fidelity_tokens.py shows both). The response gets the EOS token
+appended, and the prompt the tokenizer's BOS unless its text already starts with it (as generation does).
+
+Original-Alpaca regularisation (``data.regularizer``, docs/fidelity.md "data mix"): the released training
+files mix the Alpaca examples back into both ranking stages. ``copies`` adds one row per gold response with the
+gold as every one of the K candidates: the ranking term's hinge pairs of such a row are constants d·m (no
+gradient) that still count in each per-distance mean, and its K copies count in the token-mean MLE term, exactly
+as in the released loss. ``mle_only`` adds the gold as a single slot that only the MLE term sees;
+``top_candidate`` prepends each record's own gold as its best candidate instead of adding rows.
 
 Policies (documented in the README):
 
@@ -37,13 +48,32 @@ from torch.utils.data import DataLoader
 
 from tuna.config import DataConfig
 from tuna.errors import TunaError
-from tuna.prompts import prompt_has_special_tokens, render_prompt
-from tuna.records import Record, read_records
+from tuna.prompts import render_prompt
+from tuna.records import Candidate, Ranking, Record, read_gold_pairs, read_records
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------- tokenising
+
+
+def adds_bos(prompt: str, tokenizer: Any) -> bool:
+    """Whether tokenising ``prompt`` should add the tokenizer's special tokens: yes, unless the text already starts
+    with the BOS token (chat templates write it). The released code tokenised its rendered prompts with the
+    defaults, so its LLaMA sequences start with BOS (train_tuna.py L217-225); generation uses the same rule."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return not (bos and prompt.startswith(bos))
+
+
+def response_ids(prompt: str, prompt_ids: list[int], text: str, tokenizer: Any, *, in_context: bool) -> tuple[list[int], bool]:
+    """``(ids of text, merged)``: with ``in_context``, the ids that follow ``prompt_ids`` in the tokenisation of
+    ``prompt + text`` (``merged`` is True, and the text is tokenised on its own, when that tokenisation does not
+    start with ``prompt_ids``: the two merge across the seam); else the text tokenised on its own."""
+    if in_context:
+        joint = tokenizer(prompt + text, add_special_tokens=adds_bos(prompt, tokenizer))["input_ids"]
+        if joint[: len(prompt_ids)] == prompt_ids:
+            return joint[len(prompt_ids) :], False
+    return tokenizer(text, add_special_tokens=False)["input_ids"], in_context
 
 
 def tokenize_record(
@@ -54,27 +84,39 @@ def tokenize_record(
     mode: Literal["rank", "sft"],
     with_gold: bool,
 ) -> dict[str, Any]:
-    """One record → ``prompt_ids`` and ``responses`` (token ids incl. EOS), ``n_rank``, ``gold_slot``."""
+    """One record → ``prompt_ids`` and ``responses`` (token ids incl. EOS), ``n_rank``, ``gold_slot``.
+
+    A regulariser row (``rec["regularizer"] == "mle_only"``) has one slot, its gold: ranked (so the MLE term of
+    any target but ``gold`` sees it) and never paired, or with ``with_gold`` the gold slot and no ranked slot."""
     prompt = render_prompt(
         rec["instruction"], rec.get("input") or "", template=cfg.template, tokenizer=tokenizer,
         system_prompt=cfg.system_prompt, prompt=rec.get("prompt"),
     )
-    prompt_ids = tokenizer(prompt, add_special_tokens=not prompt_has_special_tokens(cfg.template) and rec.get("prompt") is None)["input_ids"]
+    prompt_ids = tokenizer(prompt, add_special_tokens=adds_bos(prompt, tokenizer))["input_ids"]
     eos = tokenizer.eos_token_id
+    gold = rec.get("gold")
+    gold_slot = -1
     texts: list[str]
     if mode == "sft":
-        if cfg.sft_target == "gold" and rec.get("gold") is not None:
-            texts = [rec["gold"]]
-        else:
-            texts = [rec["candidates"][0]["text"]]
+        texts = [gold] if cfg.sft_target == "gold" and gold is not None else [rec["candidates"][0]["text"]]
         n_rank = 1
+    elif rec.get("regularizer") == "mle_only":
+        texts = [gold]
+        n_rank, gold_slot = (0, 0) if with_gold else (1, -1)
     else:
         cands = rec["candidates"][: cfg.num_candidates] if cfg.num_candidates else rec["candidates"]
         texts = [c["text"] for c in cands]
+        if cfg.regularizer == "top_candidate" and gold is not None and not rec.get("regularizer"):
+            texts = [gold, *texts]
         n_rank = len(texts)
-        if with_gold and rec.get("gold") is not None:
-            texts.append(rec["gold"])
-    responses = [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
+        if with_gold and gold is not None:
+            texts.append(gold)
+            gold_slot = n_rank
+    responses, merged = [], 0
+    for t in texts:
+        ids, seam = response_ids(prompt, prompt_ids, t, tokenizer, in_context=cfg.response_tokens == "in_context")
+        responses.append(ids + [eos])
+        merged += seam
 
     room = cfg.max_length - cfg.min_response_tokens
     truncated = False
@@ -96,10 +138,46 @@ def tokenize_record(
         "prompt_ids": prompt_ids,
         "responses": responses,
         "n_rank": n_rank,
-        "gold_slot": n_rank if (mode == "rank" and with_gold and rec.get("gold") is not None) else -1,
+        "gold_slot": gold_slot,
         "truncated": truncated,
+        "seam_merges": merged,
         "length": len(prompt_ids) + max(len(r) for r in responses),
     }
+
+
+def regularizer_records(records: list[Record], cfg: DataConfig, source: str = "<memory>") -> list[Record]:
+    """The extra rows of ``data.regularizer`` (copies | mle_only) for the ranked ``records`` of one stage.
+
+    Gold pairs come from ``data.regularizer_file`` or else from the records' own ``gold``; ``regularizer_ratio``
+    takes that many rows per record from the start. ``copies`` rows repeat the gold as K candidates, K being the
+    records' largest candidate count (the released files have one K for every row: train_tuna.py L254 asserts it)."""
+    if cfg.regularizer not in ("copies", "mle_only"):
+        return []
+    if cfg.regularizer_file:
+        pairs = read_gold_pairs(cfg.regularizer_file)
+        where = cfg.regularizer_file
+    else:
+        pairs = [r for r in records if r.gold is not None]
+        where = source
+    if not pairs:
+        raise TunaError(f"data.regularizer={cfg.regularizer} needs gold responses, and none of the {len(records)} records has "
+                        "one (set data.regularizer_file to Alpaca data, or data.regularizer: none; files imported with "
+                        "--fmt tuna-train already hold their regulariser rows)", path=where, field="gold")
+    if cfg.regularizer_ratio is not None:
+        pairs = pairs[: round(cfg.regularizer_ratio * len(records))]
+    k = max(len(r.candidates[: cfg.num_candidates or None]) for r in records) if cfg.regularizer == "copies" else 1
+    taken = {r.id for r in records}
+    out = []
+    for i, p in enumerate(pairs):
+        rid = f"orig-alpaca-{p.id}"
+        while rid in taken:
+            rid += "'"
+        taken.add(rid)
+        out.append(Record(id=rid, instruction=p.instruction, input=p.input, prompt=p.prompt, gold=p.gold,
+                          candidates=[Candidate(text=p.gold or "", score=0.0, source="orig_alpaca") for _ in range(k)],
+                          ranking=Ranking(by="gold", method=f"regularizer:{cfg.regularizer}"),
+                          provenance={"regularizer": cfg.regularizer, "from": str(where), "index": i}))
+    return out
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -117,15 +195,19 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def tokenize_records(
     records: list[Record], tokenizer: Any, cfg: DataConfig, *, mode: Literal["rank", "sft"], with_gold: bool,
-    source: str = "<memory>",
+    source: str = "<memory>", regularizer: list[Record] | None = None,
 ):
-    """Tokenise with ``datasets`` and cache the result on disk, keyed by records, tokenizer and settings."""
+    """Tokenise with ``datasets`` and cache the result on disk, keyed by records, tokenizer and settings.
+    ``regularizer`` rows (from :func:`regularizer_records`) follow the records."""
     import datasets
 
     from tuna.models import cache_root
 
     datasets.disable_progress_bars()
-    rows = [r.model_dump(include={"id", "instruction", "input", "candidates", "gold", "prompt"}) for r in records]
+    rows = [r.model_dump(include={"id", "instruction", "input", "candidates", "gold", "prompt"}) | {"regularizer": ""}
+            for r in records]
+    rows += [r.model_dump(include={"id", "instruction", "input", "candidates", "gold", "prompt"}) | {"regularizer": cfg.regularizer}
+             for r in regularizer or []]
     for row in rows:
         row["candidates"] = [{"text": c["text"]} for c in row["candidates"]]
     key = _fingerprint(rows, _tokenizer_fingerprint(tokenizer), asdict(cfg) | {"train_file": None, "val_file": None,
@@ -148,6 +230,13 @@ def tokenize_records(
     n_trunc = sum(out["truncated"])
     if n_trunc:
         log.warning("%d of %d records were truncated to max_length=%d", n_trunc, len(out), cfg.max_length)
+    n_merged = sum(out["seam_merges"])
+    if n_merged:
+        log.info("%d responses merge with the end of their prompt when tokenised together; they were tokenised on "
+                 "their own (the released code's labels would start inside the merged token)", n_merged)
+    if regularizer:
+        log.info("data.regularizer=%s: %d original-Alpaca rows mixed with %d records", cfg.regularizer, len(regularizer),
+                 len(records))
     return out
 
 
@@ -244,7 +333,7 @@ class RankedCandidatesDataModule(L.LightningDataModule):
         self._resume: dict[str, int] | None = None
         self._train_sampler: EpochBatchSampler | None = None
 
-    def _load(self, path: str):
+    def _load(self, path: str, *, train: bool = True):
         records = read_records(path, kind="ranked" if self.mode == "rank" else "any")
         if self.cfg.limit:
             records = records[: self.cfg.limit]
@@ -260,7 +349,11 @@ class RankedCandidatesDataModule(L.LightningDataModule):
             if missing:
                 raise TunaError(f"loss.mle_target=gold but {len(missing)} record(s) have no gold (first: {missing[0]})",
                                 path=path, field="gold")
-        return tokenize_records(records, self.tokenizer, self.cfg, mode=self.mode, with_gold=self.with_gold, source=path)
+        if self.mode == "rank" and self.cfg.regularizer == "top_candidate" and not any(r.gold is not None for r in records):
+            raise TunaError("data.regularizer=top_candidate needs records with a gold response", path=path, field="gold")
+        reg = regularizer_records(records, self.cfg, path) if train and self.mode == "rank" else []
+        return tokenize_records(records, self.tokenizer, self.cfg, mode=self.mode, with_gold=self.with_gold, source=path,
+                                regularizer=reg)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_ds is None:
@@ -268,7 +361,7 @@ class RankedCandidatesDataModule(L.LightningDataModule):
                 raise TunaError("no training data given", field="data.train_file")
             self.train_ds = self._load(self.cfg.train_file)
         if self.val_ds is None and self.cfg.val_file:
-            self.val_ds = self._load(self.cfg.val_file)
+            self.val_ds = self._load(self.cfg.val_file, train=False)
 
     def _loader(self, ds, *, train: bool) -> DataLoader:
         trainer = self.trainer

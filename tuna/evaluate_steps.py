@@ -57,14 +57,14 @@ def evaluate_model(bench: str, model: str, label: str, out: Path, ecfg: Any, jud
 
 
 def make_report(eval_dir: Path, results_dir: str, name: str, *, manifest: dict[str, Any] | None = None,
-                ablation: str | None = None) -> dict[str, Any]:
+                ablation: str | None = None, paper: str | None = None) -> dict[str, Any]:
     """The run's tables and plots into ``results_dir`` (main.md/.tex, PNGs), plus the per-step timings."""
     from evaluation.report import make_report as build
     from tuna.records import atomic_write_json
 
     if not Path(eval_dir).exists():
         return {}
-    out = build(Path(eval_dir) / "runs", results_dir, paper=None, ablation=ablation)
+    out = build(Path(eval_dir) / "runs", results_dir, paper=paper, ablation=ablation)
     if manifest is not None:
         steps = manifest.get("steps", {})
         atomic_write_json(Path(out) / "timings.json", {k: v.get("wall_s") for k, v in steps.items()})

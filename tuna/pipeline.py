@@ -70,6 +70,8 @@ class TeacherConfig:
     n: int = 4
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0
+    """0: off, as the paper's teacher (text-davinci-003 through the OpenAI API, which has no top-k)."""
     max_new_tokens: int = 96
     dedup: bool = True
     method: str = "sampling"
@@ -89,6 +91,8 @@ class StudentSamplingConfig:
     n: int = 4
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 50
+    """50: Hugging Face generate's default, which the released sampler (non_interactive_generate.py) used."""
     max_new_tokens: int = 96
     dedup: bool = True
     dtype: str = "auto"
@@ -141,7 +145,9 @@ class StageConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(accelerator="cpu", precision="auto"))
-    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=256, batch_size=2))
+    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=256, batch_size=2, regularizer="copies"))
+    """Ranking stages mix their instructions' gold (original-Alpaca) responses back in, as the released training files
+    do (data.regularizer; SFT ignores it)."""
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -185,6 +191,13 @@ class PipelineConfig:
     Tuna_p), tuna_cp (probabilistic ranking after Tuna_c: the c→p order)."""
     evaluate: list[str] = field(default_factory=lambda: ["student", "tuna_p", "tuna_c", "tuna"])
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    prob_ranked: str | None = None
+    """Ranked sets to train Tuna_p (and tuna_cp) on instead of making them: the teacher steps are skipped (tuna reproduce
+    passes the imported released file)."""
+    context_ranked: str | None = None
+    """Ranked sets to train Tuna on instead of making them from Tuna_p's samples (the imported gpt-4-ranking.json)."""
+    paper_numbers: str | None = None
+    """The paper's numbers (experiments/paper_numbers.example.yaml, keyed by row) for the tables' "(paper)" columns."""
     seed: int = 42
     threads: int | None = None
 
@@ -334,7 +347,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
     # -- probabilistic ranking data (shared across runs with the same teacher settings) --------------------
     needs_p = any(v in cfg.variants for v in ("tuna_p", "tuna", "tuna_cp"))
-    if needs_p:
+    if needs_p and cfg.prob_ranked:
+        ranked = Path(cfg.prob_ranked)
+        if not ranked.exists():
+            raise TunaError("file does not exist", path=ranked, field="prob_ranked")
+    elif needs_p:
         src = _slice_path(cfg.prob_instructions)
         tkey = config_hash([asdict(cfg.teacher), asdict(cfg.prob_instructions), src, cfg.seed])
         cands = shared / f"prob-{tkey}" / "candidates.jsonl"
@@ -343,7 +360,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         man.run("teacher_sample", {"teacher": asdict(t), "slice": asdict(cfg.prob_instructions)}, [cands], lambda: fb.sample(
             input=src, out=str(cands), model=t.model, backend=t.backend, base_url=t.base_url, api_key_env=t.api_key_env,
             api_key_file=t.api_key_file, mode=t.mode, limit=cfg.prob_instructions.limit, offset=cfg.prob_instructions.offset,
-            template=t.template, n=t.n, temperature=t.temperature, top_p=t.top_p, max_new_tokens=t.max_new_tokens, seed=cfg.seed,
+            template=t.template, n=t.n, temperature=t.temperature, top_p=t.top_p, top_k=t.top_k, max_new_tokens=t.max_new_tokens,
+            seed=cfg.seed,
             logprobs=True, dedup=t.dedup, batch_size=t.batch_size, dtype=t.dtype) and None,
             shared_marker=cands.with_suffix(".done"))
         man.run("teacher_score", {"candidates": file_hash(cands), "method": t.method, "beta": t.beta, "scorer": t.scorer},
@@ -360,7 +378,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         man.run(f"sample_{tag}", {"generator": generator, "gen_hash": _model_hash(generator), "sampling": asdict(s),
                                   "slice": asdict(cfg.context_instructions)}, [cands], lambda: fb.sample(
             input=src, out=str(cands), model=generator, backend="hf", limit=cfg.context_instructions.limit,
-            offset=cfg.context_instructions.offset, template=s.template, n=s.n, temperature=s.temperature, top_p=s.top_p,
+            offset=cfg.context_instructions.offset, template=s.template, n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
             max_new_tokens=s.max_new_tokens, seed=cfg.seed, logprobs=False, dedup=s.dedup, batch_size=s.batch_size,
             dtype=s.dtype) and None)
         man.run(f"judge_{tag}", {"candidates": file_hash(cands), "judge": asdict(j)}, [ranked], lambda: (fb.judge(
@@ -381,8 +399,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     if needs_p:
         models["tuna_p"] = train_step("tuna_p", "prob-rank", cfg.prob_rank, student, ranked)
     if "tuna" in cfg.variants:
+        if cfg.context_ranked and not Path(cfg.context_ranked).exists():
+            raise TunaError("file does not exist", path=cfg.context_ranked, field="context_ranked")
         models["tuna"] = train_step("tuna", "context-rank", cfg.context_rank, models["tuna_p"],
-                                    context_step("tuna", models["tuna_p"]))
+                                    Path(cfg.context_ranked) if cfg.context_ranked else context_step("tuna", models["tuna_p"]))
     if "tuna_c" in cfg.variants or "tuna_cp" in cfg.variants:
         models["tuna_c"] = train_step("tuna_c", "context-rank", cfg.context_rank, student, context_step("tuna_c", student))
     if "tuna_cp" in cfg.variants:
@@ -400,7 +420,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                                               "bench": bench, "eval": asdict(cfg.evaluation), "judge": asdict(cfg.judge)},
                     [out], lambda label=label, bench=bench, out=out: evaluate_model(
                         bench, models[label], label, out, cfg.evaluation, cfg.judge, run_name=cfg.name))
-    tables = make_report(run / "eval", cfg.results_dir, cfg.name, manifest=man.data)
+    tables = make_report(run / "eval", cfg.results_dir, cfg.name, manifest=man.data, paper=cfg.paper_numbers)
     man.data["models"] = models
     man.data["results"] = tables
     man.save()

@@ -35,9 +35,36 @@ GEMMA_CHAT_TEMPLATE = (
 
 
 def alpaca_prompt(instruction: str, input: str = "") -> str:
-    if input and input.strip():
+    # Any non-empty input selects the input template, as the released code does (`input != ""`,
+    # non_interactive_generate.py L54, train.py L149): a whitespace-only input is still an input.
+    if input:
         return ALPACA_PROMPT_INPUT.format(instruction=instruction, input=input)
     return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def parse_alpaca_prompt(prompt: str) -> tuple[str, str] | None:
+    """``(instruction, input)`` of a prompt rendered with the Alpaca template, or None when ``prompt`` is not one.
+
+    The released files store the rendered prompt (``instruct`` in gpt-4-ranking.json, ``instruction`` in the
+    training files); this recovers its parts. The parse is accepted only if rendering the parts gives back
+    ``prompt`` byte for byte."""
+    for template in (ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT):
+        head, _, rest = template.partition("{instruction}")
+        if not prompt.startswith(head):
+            continue
+        if "{input}" in rest:
+            sep, _, tail = rest.partition("{input}")
+            body = prompt[len(head):]
+            if not body.endswith(tail) or sep not in body:
+                continue
+            instruction, _, inp = body[: len(body) - len(tail)].partition(sep)
+        else:
+            if not prompt.endswith(rest):
+                continue
+            instruction, inp = prompt[len(head) : len(prompt) - len(rest)], ""
+        if alpaca_prompt(instruction, inp) == prompt:
+            return instruction, inp
+    return None
 
 
 def user_message(instruction: str, input: str = "") -> str:

@@ -107,8 +107,8 @@ class _HFChat:
         tok = self.gen.tokenizer
         # A prefilled start of the reply (e.g. "rank: [") steers a weak local judge into the parseable format.
         prompt = tok.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False) + self.prefix
-        params = SamplingParams(n=1, temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_tokens,
-                                seed=req.seed or 0)
+        params = SamplingParams(n=1, temperature=req.temperature, top_p=req.top_p, top_k=0,  # like an API judge
+                                max_new_tokens=req.max_tokens, seed=req.seed or 0)
         with self.lock:
             g = self.gen.generate([prompt], params)[0][0]
         n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])

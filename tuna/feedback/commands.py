@@ -112,6 +112,7 @@ def sample(
     n: int = 4,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    top_k: int = 50,
     max_new_tokens: int = 256,
     seed: int = 0,
     logprobs: bool = True,
@@ -146,6 +147,8 @@ def sample(
         n: Candidates per instruction.
         temperature: Sampling temperature (0 = greedy).
         top_p: Nucleus sampling.
+        top_k: Top-k sampling, 0 = off (50: Hugging Face generate's default, which the released sampler used; not sent
+            to OpenAI-compatible servers).
         max_new_tokens: Response length limit.
         seed: Base seed (each chunk uses seed + its first input index).
         logprobs: Store per-token log-probs of the sampled tokens (needed by `tuna score --method sampling`).
@@ -197,7 +200,8 @@ def sample(
 
             # llama.cpp decodes a GGUF on the CPU several times faster than transformers where bf16 is not native.
             server = stack.enter_context(LlamaCppServer(model, n_ctx=n_ctx, seed=seed))
-            gen = make_generator("openai", server.model, base_url=server.base_url, mode="completions", concurrency=1)
+            gen = make_generator("openai", server.model, base_url=server.base_url, mode="completions", concurrency=1,
+                                 send_top_k=True)
             gen.name = model
         else:
             gen = make_generator(backend, model, dtype=dtype)
@@ -206,7 +210,7 @@ def sample(
             from tuna.models import load_tokenizer
 
             tok = load_tokenizer(model)
-        base = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+        base = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
                               logprobs=logprobs, stop=stop)
         t0, n_tok, n_done = time.monotonic(), 0, 0
         from tqdm.auto import tqdm
@@ -238,7 +242,8 @@ def sample(
                 cands = [Candidate(text=g.text, token_logprobs=g.token_logprobs, source=gen.name) for g in gens]
                 prov = dict(rec.provenance)
                 prov["sampler"] = {"model": gen.name, "backend": backend, "template": template, "n": n, "temperature": temp,
-                                   "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": chunk_seed,
+                                   "top_p": top_p, "top_k": top_k if backend != "openai" else None,
+                                   "max_new_tokens": max_new_tokens, "seed": chunk_seed,
                                    "finish_reasons": [g.finish_reason for g in gens], "num_tokens": [g.num_tokens for g in gens]}
                 if dedup:
                     prov["rouge"] = mean_r  # the released code's field: mean pairwise ROUGE-L of the kept set
@@ -346,7 +351,10 @@ def judge(
     instruction_format: str = "alpaca",
     system_prompt: str | None = "You are a professional and experienced data annotator.",
     temperature: float = 1.0,
+    top_p: float = 1.0,
     max_tokens: int = 2048,
+    parser: str = "robust",
+    request_seed: bool | None = None,
     reference: str = "drop",
     missing: str = "last",
     shuffles: int = 0,
@@ -378,9 +386,14 @@ def judge(
         api_key_file: A file whose first line is the API key (instead of api_key_env; never logged or written).
         template: A prompt file with {instruction} and {responses} placeholders (default: the paper's prompt).
         instruction_format: alpaca (the full Alpaca prompt, as the paper) | plain.
-        system_prompt: System message (the paper's by default; null for none).
-        temperature: Judge temperature (paper: 1.0).
-        max_tokens: Reply length limit (paper: 2048).
+        system_prompt: System message (the paper's by default, gpt-eval.py L42; null for none).
+        temperature: Judge temperature (gpt-eval.py: 1.0).
+        top_p: Nucleus sampling (gpt-eval.py: 1.0).
+        max_tokens: Reply length limit (gpt-eval.py: 2048).
+        parser: robust (the last rank list in the reply, markdown and echoes handled) | released (gpt-eval.py's:
+            every integer after the first "rank:").
+        request_seed: Send a seed with each request (None: only to local judges, llamacpp and hf, so their runs
+            repeat; the request to an API judge is then the released one, which has no seed).
         reference: drop | include: the judge's own "Response 4".
         missing: last | drop: candidates the judge left out (duplicates).
         shuffles: 0 = one call in sampling order (paper); k = k calls with seeded shuffles, Borda-aggregated.
@@ -404,10 +417,10 @@ def judge(
     from tuna.feedback.client import ChatReply, ChatRequest, JudgeClient
     from tuna.feedback.judge import (
         PAPER_TEMPLATE,
+        PARSERS,
         JudgePolicy,
         build_prompt,
         judge_instruction,
-        parse_rank_reply,
         rank_grammar,
         rank_record,
         shuffle_orders,
@@ -422,6 +435,8 @@ def judge(
         raise TunaError(f"missing must be last | drop, got {missing!r}", field="missing")
     if backend not in ("openai", "llamacpp", "hf"):
         raise TunaError(f"unknown backend {backend!r} (openai | llamacpp | hf)", field="backend")
+    if parser not in ("robust", "released"):
+        raise TunaError(f"parser must be robust | released, got {parser!r}", field="parser")
     if constrain not in ("none", "rank_grammar"):
         raise TunaError(f"constrain must be none | rank_grammar, got {constrain!r}", field="constrain")
     if constrain != "none" and backend == "hf":
@@ -448,10 +463,13 @@ def judge(
     todo = [r for r in records if r.id not in app.done_ids]
     if constrain == "rank_grammar":
         method += "+rank_grammar"
+    if parser == "released":
+        method += "+released_parser"
     if any(len(r.candidates) != 4 for r in todo) and not template:
         log.warning("the paper's prompt is written for 4 candidates (Response 0/1/2/3, reference = Response 4)")
     fail_app: JsonlAppender | None = None
 
+    send_seed = backend in ("llamacpp", "hf") if request_seed is None else request_seed
     requests: list[ChatRequest] = []
     plan: dict[str, tuple[Record, list[list[int]]]] = {}
     for rec in todo:
@@ -462,8 +480,8 @@ def judge(
             msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
                 {"role": "user", "content": build_prompt(tmpl, instr, [rec.candidates[k].text for k in perm])}]
             grammar = rank_grammar(len(perm)) if constrain == "rank_grammar" else None
-            requests.append(ChatRequest(messages=msgs, temperature=temperature, max_tokens=max_tokens, seed=seed + j,
-                                        key=f"{rec.id}\x00{j}", grammar=grammar))
+            requests.append(ChatRequest(messages=msgs, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                        seed=seed + j if send_seed else None, key=f"{rec.id}\x00{j}", grammar=grammar))
 
     got: dict[str, dict[int, ChatReply]] = {}
     stats: Counter = Counter()
@@ -477,7 +495,13 @@ def judge(
             return
         reps = [got[rid][k] for k in range(len(perms))]
         errors = [r.error for r in reps if r.error]
-        parsed = [parse_rank_reply(r.text or "", len(rec.candidates) + 1, fallback_scores=fallback_scores) for r in reps]
+        parse = PARSERS[parser]
+        parsed = [parse(r.text or "", len(rec.candidates) + 1, **({"fallback_scores": fallback_scores} if parser == "robust" else {}))
+                  for r in reps]
+        for p in parsed:
+            if p.order is not None and not any(k < len(rec.candidates) for k in p.order):
+                # e.g. 'rank: [4]': only the judge's own response; nothing to train on (the importer skips these too)
+                p.order, p.reason = None, "rank list names only the judge's own response"
         ok = [p for p in parsed if p.order is not None]
         if not ok:
             reason = ("budget" if "budget" in errors else f"error: {errors[0]}") if errors else f"unparseable: {parsed[0].reason}"

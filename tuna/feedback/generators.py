@@ -28,6 +28,9 @@ class SamplingParams:
     temperature: float = 1.0
     """0 means greedy decoding."""
     top_p: float = 1.0
+    top_k: int = 50
+    """Keep the k most likely tokens (0: off). 50 is Hugging Face ``generate``'s default, which the released student
+    sampler used by not setting it (non_interactive_generate.py L125-136); the OpenAI API has no top-k (not sent)."""
     max_new_tokens: int = 256
     seed: int = 0
     logprobs: bool = False
@@ -110,13 +113,16 @@ class GumbelMaxSampler:
         return scores - torch.rand_like(scores).log_().neg_().log_()
 
 
-def sampling_processors(temperature: float, top_p: float = 1.0) -> Any:
-    """transformers' own temperature and nucleus warpers, then :class:`GumbelMaxSampler` (pass with ``do_sample=False``)."""
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+def sampling_processors(temperature: float, top_p: float = 1.0, top_k: int = 0) -> Any:
+    """transformers' own temperature, top-k and nucleus warpers (in the order ``generate`` applies them), then
+    :class:`GumbelMaxSampler` (pass with ``do_sample=False``)."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     procs: list[Any] = []
     if temperature != 1.0:
         procs.append(TemperatureLogitsWarper(temperature))
+    if top_k > 0:
+        procs.append(TopKLogitsWarper(top_k))
     if top_p < 1.0:
         procs.append(TopPLogitsWarper(top_p))
     procs.append(GumbelMaxSampler())
@@ -237,7 +243,7 @@ class HFGenerator:
             src = "forward" if rows_total * params.max_new_tokens * vocab > 1e9 else "logits"
         kwargs["output_logits"] = params.logprobs and src == "logits"
         if not greedy:
-            kwargs["logits_processor"] = sampling_processors(params.temperature, params.top_p)
+            kwargs["logits_processor"] = sampling_processors(params.temperature, params.top_p, params.top_k)
         if params.stop:
             # Not transformers' stop_strings: its StopStringCriteria pre-processes the whole vocabulary (minutes for
             # Gemma's 262k tokens). Decoding the last few tokens of each row per step is cheap.
@@ -302,6 +308,9 @@ class OpenAIGenerator:
     max_retries: int = 6
     timeout: float = 120.0
     name: str = ""
+    send_top_k: bool = False
+    """Send ``top_k`` (a field llama.cpp and vLLM servers accept; the OpenAI API does not). llama.cpp's server
+    otherwise samples with its own default top_k of 40."""
 
     def __post_init__(self) -> None:
         from openai import OpenAI
@@ -322,6 +331,8 @@ class OpenAIGenerator:
                                       max_tokens=params.max_new_tokens, seed=seed)
         if params.stop:
             common["stop"] = params.stop
+        if self.send_top_k:
+            common["extra_body"] = {"top_k": params.top_k}  # llama.cpp: 0 = off
         gens = []
         if self.mode == "completions":
             r = self.client.completions.create(prompt=prompt, logprobs=1 if params.logprobs else None, **common)
@@ -393,7 +404,8 @@ class VLLMGenerator:
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
         import vllm
 
-        sp = vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
+        sp = vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
+                                 top_k=params.top_k if params.top_k > 0 else -1, max_tokens=params.max_new_tokens,
                                  seed=params.seed, logprobs=0 if params.logprobs else None, stop=params.stop)
         out = []
         for req in self.llm.generate(prompts, sp, use_tqdm=False):

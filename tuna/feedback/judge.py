@@ -1,5 +1,6 @@
-"""Contextual ranking by an LLM judge: the paper's prompt (``gpt-eval.py``, PAPER.md §5.2), a robust parser for
-real replies, and the policies that turn a (possibly partial) ranking into a best-first training record.
+"""Contextual ranking by an LLM judge: the paper's prompt (the released ``gpt-eval.py``, byte for byte), a robust
+parser for real replies (the released parser one flag away), and the policies that turn a (possibly partial)
+ranking into a best-first training record. docs/fidelity.md traces each choice to its source.
 
 Defaults and why:
 
@@ -24,11 +25,12 @@ from itertools import combinations
 from typing import Any
 
 from tuna.prompts import alpaca_prompt, user_message
-from tuna.records import Candidate, Ranking, Record
+from tuna.records import Candidate, Ranking, Record, positions
 
-PAPER_SYSTEM_PROMPT = "You are a professional and experienced data annotator."
+PAPER_SYSTEM_PROMPT = "You are a professional and experienced data annotator."  # gpt-eval.py L42
 
-# Verbatim from gpt-eval.py (PAPER.md §5.2), including its missing spaces and "[i, j ,k, l, m]".
+# Verbatim from gpt-eval.py L131-138, including its missing spaces, "[i, j ,k, l, m]" and the final newline;
+# tests/test_fidelity_judge.py rebuilds the released request independently and compares bytes.
 PAPER_RANK_SUFFIX = (
     "\n\nWe would like you to rate Response 0/1/2/3 in reply to the given instruction displayed above.\n"
     "First, identify if the instruction requires open-ended or close-ended responses."
@@ -43,7 +45,7 @@ PAPER_RANK_SUFFIX = (
     "'Response k: [sum of the 3 individual scores you give to response k]'.\n"
     "Last, rank the responses in decreasing order of their overall scores. The ranking should have the format: "
     "'rank: [i, j ,k, l, m]'. If there are duplicate responses, keep only one of them in the rank, that is, the ranking may "
-    "become: 'rank: [i, j, k, l]', 'rank: [i, j, k]' 'rank: [i, j]' or even 'rank: [i]'."
+    "become: 'rank: [i, j, k, l]', 'rank: [i, j, k]' 'rank: [i, j]' or even 'rank: [i]'.\n"
 )
 PAPER_TEMPLATE = "{instruction}\n\n{responses}" + PAPER_RANK_SUFFIX
 
@@ -53,13 +55,19 @@ def format_responses(texts: list[str]) -> str:
     return "\n".join(f"###Response {j}:\n{r}\n" for j, r in enumerate(texts))
 
 
+_PLACEHOLDER = re.compile(r"\{instruction\}|\{responses\}")
+
+
 def build_prompt(template: str, instruction: str, texts: list[str]) -> str:
-    # str.replace, not str.format: user templates may contain JSON braces.
-    return template.replace("{instruction}", instruction).replace("{responses}", format_responses(texts))
+    """The template with its two placeholders filled in one pass: text inside the instruction or the responses is
+    never substituted again (not str.format either: user templates may contain JSON braces)."""
+    values = {"{instruction}": instruction, "{responses}": format_responses(texts)}
+    return _PLACEHOLDER.sub(lambda m: values[m.group(0)], template)
 
 
 def judge_instruction(rec: Record, instruction_format: str = "alpaca") -> str:
-    """The instruction as the judge sees it: the paper passes the full Alpaca-templated prompt."""
+    """The instruction as the judge sees it: the paper passes the student's whole Alpaca-rendered prompt
+    (gpt-eval.py L129 ``instruct``, the prompt non_interactive_generate.py sampled from)."""
     if rec.prompt is not None:
         return rec.prompt
     if instruction_format == "alpaca":
@@ -142,6 +150,39 @@ def parse_rank_reply(reply: str, n_items: int, *, fallback_scores: bool = False)
     return ParsedRank(order, None, rank_str, response_4, notes)
 
 
+def parse_rank_reply_released(reply: str, n_items: int) -> ParsedRank:
+    """The released parser (gpt-eval.py L145-153), for comparison and as ``tuna judge --parser released``.
+
+    ``rank_str`` is the lower-cased reply between its first ``rank:`` and the next one (else after ``ranking:``),
+    and the order is every integer in it, as the released code stored them; tuna then skips out-of-range and
+    repeated indices (the released code kept them in ``ranks``; how its training file used them is unknown). A
+    reply with neither key made the released script stop (IndexError); here it is a failed record."""
+    m4 = _RESPONSE_4.search(reply)  # the released regex on the reply as it is (no blank line added at the end)
+    response_4 = m4.group(1).strip() if m4 else ""
+    low = reply.lower()
+    if "rank:" in low:
+        rank_str = low.split("rank:")[1].strip()
+    elif "ranking:" in low:
+        rank_str = low.split("ranking:")[1].strip()
+    else:
+        return ParsedRank(None, "no rank list", "", response_4)
+    order: list[int] = []
+    notes: list[str] = []
+    for k in (int(x) for x in re.findall(r"\d+", rank_str)):
+        if k >= n_items:
+            notes.append(f"ignored out-of-range index {k}")
+        elif k in order:
+            notes.append(f"ignored repeated index {k}")
+        else:
+            order.append(k)
+    if not order:
+        return ParsedRank(None, "rank list has no valid index", rank_str, response_4, notes)
+    return ParsedRank(order, None, rank_str, response_4, notes)
+
+
+PARSERS = {"robust": parse_rank_reply, "released": parse_rank_reply_released}
+
+
 # ----------------------------------------------------------------------------------------------- aggregation
 
 
@@ -179,16 +220,6 @@ def kendall_tau_b(x: list[float], y: list[float]) -> float:
             disc += 1
     denom = ((conc + disc + tx) * (conc + disc + ty)) ** 0.5
     return (conc - disc) / denom if denom else 0.0
-
-
-def positions(order: list[int], items: list[int]) -> dict[int, float]:
-    """0-based position of each item; items the order leaves out share the mean of the remaining positions."""
-    pos = {k: float(p) for p, k in enumerate(order)}
-    rest = [k for k in items if k not in pos]
-    if rest:
-        tied = (len(order) + len(items) - 1) / 2
-        pos.update({k: tied for k in rest})
-    return pos
 
 
 def shuffle_orders(n: int, k: int, seed: int, key: str) -> list[list[int]]:

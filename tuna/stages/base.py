@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -138,21 +137,23 @@ class TunaModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------- optim
 
     def configure_optimizers(self):
+        # The released code's schedules: Hugging Face Trainer's (train_tuna.sh --lr_scheduler_type cosine
+        # --warmup_steps 2), from transformers itself. Warm-up is linear from 0, so the first step has LR 0.
+        from transformers import (
+            get_constant_schedule_with_warmup,
+            get_cosine_schedule_with_warmup,
+            get_linear_schedule_with_warmup,
+        )
+
         oc = self.optim_cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer is not None else 1
         warm = max(0, oc.warmup_steps)
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / (warm + 1)
-            if oc.schedule == "constant":
-                return 1.0
-            progress = min(1.0, (step - warm) / max(1, total - warm))
-            if oc.schedule == "linear":
-                return 1.0 - progress
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        if oc.schedule == "cosine":
+            sched = get_cosine_schedule_with_warmup(opt, warm, total)
+        elif oc.schedule == "linear":
+            sched = get_linear_schedule_with_warmup(opt, warm, total)
+        else:
+            sched = get_constant_schedule_with_warmup(opt, warm)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
