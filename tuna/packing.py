@@ -316,13 +316,15 @@ def packed_response_logprobs(
     return logps.view(b, s, t - 1), token_mask
 
 
-def layout_stats(batch: dict[str, torch.Tensor], *, mode: str = "padded", capacity: int | None = None) -> dict[str, int]:
+def layout_stats(batch: dict[str, torch.Tensor], *, mode: str = "padded", capacity: int | None = None,
+                 multiple_of: int = 1) -> dict[str, int]:
     """Token counts of a batch under a layout: ``real`` (distinct tokens the model computes), ``slots`` (tensor
-    positions incl. padding), ``rows`` and ``row_len``. ``padded`` = the released code's ``[B·N, T]`` layout."""
+    positions incl. padding), ``rows`` and ``row_len``. ``padded`` = the released code's ``[B·N, T]`` layout;
+    ``capacity`` and ``multiple_of`` as in :func:`pack_batch` (−1 and 128 for the flex path)."""
     attn = batch["attention_mask"]
     if mode == "padded":
         live = attn.flatten(0, 1).any(-1)
         return {"real": int(attn.sum()), "slots": int(live.sum()) * attn.shape[-1], "rows": int(live.sum()),
                 "row_len": attn.shape[-1]}
-    pb = pack_batch(batch, mode=mode, capacity=capacity)  # type: ignore[arg-type]
+    pb = pack_batch(batch, mode=mode, capacity=capacity, multiple_of=multiple_of)  # type: ignore[arg-type]
     return {"real": pb.num_tokens, "slots": pb.num_slots, "rows": pb.input_ids.shape[0], "row_len": pb.input_ids.shape[1]}
