@@ -132,6 +132,27 @@ def test_dense_mask_equals_per_pair_reference(batch, mode, window):
     assert torch.equal(got, ref)
 
 
+@pytest.mark.parametrize("mode", ["packed", "prefix_shared"])
+@pytest.mark.parametrize("window", [None, 7, 10_000])
+def test_span_masks_tile_the_dense_mask(batch, mode, window):
+    """The span path computes exactly the dense mask's allowed pairs: each span's block (its mask, or causal where
+    it has none) equals the dense mask there, and the dense mask allows nothing outside the spans' blocks."""
+    from tuna.attention import SpanPlan
+
+    pb = pack_batch({k: batch[k] for k in ("input_ids", "attention_mask", "labels")}, mode=mode, capacity=-1)
+    dense = dense_mask(pb.group, pb.branch, pb.position_ids, window)[0, 0]
+    plan = SpanPlan(pb.spans[0], pb.group, pb.branch, pb.position_ids)
+    covered = torch.zeros_like(dense)
+    for (qs, qe, ps, pe), mask in zip(plan.spans, plan.masks(window)):
+        kv = torch.cat([torch.arange(ps, pe), torch.arange(qs, qe)])
+        if mask is None:
+            mask = torch.ones((qe - qs, qe - qs), dtype=torch.bool).tril()
+            assert pe == ps
+        assert torch.equal(dense[qs:qe][:, kv], mask)
+        covered[torch.arange(qs, qe)[:, None], kv[None, :]] = True
+    assert len(plan.spans) >= 15 and not (dense & ~covered).any()
+
+
 def test_mask_mod_rules(batch):
     """Spot checks of the definition on a prefix-shared record: a response sees its prompt and itself, never a
     sibling response; the window cuts on position ids (so a later response still sees its whole recent prompt)."""

@@ -136,11 +136,13 @@ class SpanPlan:
             device = self.segment.device
             out: list[torch.Tensor | None] = []
             for qs, qe, ps, pe in self.spans:
+                if pe == ps and (window is None or qe - qs <= window):
+                    out.append(None)  # a span is one segment and one branch: without a prefix or a window cut, causal
+                    continue
                 q_idx = torch.arange(qs, qe, device=device)
                 kv_idx = torch.cat([torch.arange(ps, pe, device=device), q_idx])
                 mask = mod(0, 0, q_idx[:, None], kv_idx[None, :])
-                plain = pe == ps and bool(torch.equal(mask, torch.ones_like(mask).tril()))
-                out.append(None if plain else mask)
+                out.append(mask)
             self._masks[window] = out
         return self._masks[window]
 
