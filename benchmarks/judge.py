@@ -30,6 +30,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TUNA_PROGRESS", "0")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from env import env_info, env_tag  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
+
 SHARED = Path(os.environ.get("TUNA_SHARED_DATA", REPO.parent / "shared" / "data"))
 OUT = REPO / "results" / "benchmarks" / "judge.json"
 
@@ -117,12 +120,17 @@ def main() -> None:
         "judge_vs_teacher_mean_kendall_tau": round(sum(taus) / max(len(taus), 1), 3),
         "chance": {"gold_top1": 0.25, "gold_above_x": 0.5, "kendall_tau": 0.0},
     }
+    from tuna.precision import resolve_dtype
+
+    env = env_info("cpu", f"judge: llama.cpp on GGUF weights; teacher: {resolve_dtype('auto', 'cpu')}")
+    tag = env_tag(env)
+    res["env"] = env
     c, w = runs["cold_cache"], runs["warm_cache"]
     print(f"judge, {args.records} records x 4 candidates (SmolLM2-135M, llama.cpp, rank grammar)")
-    print(f"  cold cache (baseline): {c['calls']} calls in {c['wall_s']:.1f} s = {c['calls'] / c['wall_s']:.2f} calls/s")
+    print(f"  cold cache (baseline): {c['calls']} calls in {c['wall_s']:.1f} s = {c['calls'] / c['wall_s']:.2f} calls/s  {tag}")
     print(f"  warm cache:            {w['calls']} calls, {w['cache_hits']} hits in {w['wall_s']:.2f} s = "
-          f"{args.records / w['wall_s']:.1f} requests/s  (x{res['warm_vs_cold_speedup']} faster)")
-    print(f"  teacher forced scoring: {teacher_s:.1f} s for {args.records * 4} candidates")
+          f"{args.records / w['wall_s']:.1f} requests/s  (x{res['warm_vs_cold_speedup']} faster)  {tag}")
+    print(f"  teacher forced scoring: {teacher_s:.1f} s for {args.records * 4} candidates  {tag}")
     print(f"  agreement with hand checks: judge {res['judge_vs_hand']}  teacher {res['teacher_vs_hand']}")
     print(f"  judge vs teacher: mean Kendall tau {res['judge_vs_teacher_mean_kendall_tau']} (chance 0)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

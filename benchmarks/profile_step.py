@@ -44,12 +44,15 @@ def main() -> None:
     rows = sorted(avg, key=lambda e: -e.self_cpu_time_total)[: args.top]
     out = [{"op": e.key, "self_s": round(e.self_cpu_time_total / 1e6, 3), "share": round(e.self_cpu_time_total / total, 4),
             "calls": e.count} for e in rows]
-    print(f"{args.variant}: total self CPU {total / 1e6:.2f} s")
+    from env import env_info, env_tag
+
+    env = env_info("cpu", "bf16-autocast" if args.bf16 else "fp32")
+    print(f"{args.variant}: total self CPU {total / 1e6:.2f} s  {env_tag(env)}")
     for r in out:
         print(f"  {r['op']:45s} {r['self_s']:7.3f} s  {100 * r['share']:5.1f} %  ({r['calls']} calls)")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"profile_{args.variant}{'_bf16' if args.bf16 else ''}.json").write_text(
-        json.dumps({"variant": args.variant, "total_self_s": round(total / 1e6, 3), "top": out}, indent=2))
+        json.dumps({"env": env, "variant": args.variant, "total_self_s": round(total / 1e6, 3), "top": out}, indent=2))
 
 
 if __name__ == "__main__":

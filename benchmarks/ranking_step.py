@@ -1,31 +1,42 @@
-"""Ranking training step (forward + Tuna loss + backward + AdamW step) at N = 4 on SmolLM2-135M, CPU.
+"""Ranking training step (forward + Tuna loss + backward + AdamW step) at N = 4, on CPU or CUDA.
 
 Baseline: the released code's step (``benchmarks/released_step.py``: padded [B·N, T] batch, HF CE + full-vocab
-log_softmax + gather + per-distance MarginRankingLoss loop). Ours: ``tuna.forward.response_token_logprobs``
-with ``chunked`` / ``packed`` / ``prefix_shared`` + ``tuna.losses.tuna_loss``. Same model, same precision, same
+log_softmax + gather + per-distance MarginRankingLoss loop). Ours: ``tuna.forward.response_token_logprobs`` /
+``tuna.packing.packed_response_logprobs`` + ``tuna.losses.tuna_loss``. Same model, same precision, same
 micro-batches of records, interleaved repeats (median reported).
+
+Variants: ``released``, ``chunked``, ``packed``, ``prefix_shared`` (on CPU the span attention, the CPU path),
+and on CUDA ``packed/flex``, ``prefix_shared/spans``, ``prefix_shared/flex`` (``mode/attention``; flex is what
+``model.logprob_mode: auto`` runs on CUDA).
+
+Models: ``smollm2-135m-instruct`` (the embedded default) and, for the GPU, ``llama-3.2-1b-random``: Llama-3.2-1B's
+architecture (1.24 B parameters: 16 layers, d 2048, 32/8 heads, vocabulary 128,256, tied embeddings) with
+random weights; the step's cost does not depend on the weights' values.
 
 Data: the 80 Vicuna questions with the first 4 of the 7 real answers each (alpaca-13b, bard, gpt35, llama-13b:
 lengths ~50–470 tokens), tokenised with the Alpaca template at max_length 512 (the released code's), batched by
 ``EpochBatchSampler`` (length-grouped, as the data module does).
 
 Tokens/s counts *real* tokens (prompt + response of every candidate, what the released code's batch holds
-without padding); the padding each layout computes on top is reported separately.
+without padding); ``computed`` counts what the layout computes, padding included. MFU = model FLOPs of the
+layout's real work (``benchmarks/mfu.py``) / time / the device's dense bf16 peak (a table by device name;
+``--peak-tflops`` overrides, and gives CPU runs an MFU).
 
-Peak memory: torch's CPU allocator is invisible to tracemalloc, so each variant runs in a fresh subprocess on the
-largest micro-batch: one warm-up step (gradients and the AdamW state come to exist), then the kernel's RSS
-high-water mark is reset and one steady-state step measured. ``peak_rss_mb`` is the process peak in that step;
-``step_peak_mb`` is that peak minus the RSS held before it (activations, vocabulary-sized tensors, transients:
-what the layout decides; weights, gradients and optimizer state are the same for every layout).
+Peak memory. CUDA: ``torch.cuda.max_memory_allocated`` over one steady-state step on the largest micro-batch
+(after a warm-up step), and that peak minus what was allocated before the step (``step_peak_mb``). CPU: torch's
+CPU allocator is invisible to tracemalloc, so each variant runs in a fresh subprocess: a warm-up step, then the
+kernel's RSS high-water mark is reset and one steady-state step measured (``peak_rss_mb``; ``step_peak_mb`` is
+that peak minus the RSS held before it).
 
-    python benchmarks/ranking_step.py            # fp32, ~4 min on 2 cores
-    python benchmarks/ranking_step.py --quick    # 1 batch, 1 repeat
-    python benchmarks/ranking_step.py --bf16     # bf16 autocast for every variant
+    python benchmarks/ranking_step.py                 # CPU, fp32, ~4 min on 2 cores
+    python benchmarks/ranking_step.py --quick         # 1 batch, 1 repeat
+    python benchmarks/ranking_step.py --device cuda   # both models, bf16 autocast -> gpu_ranking_step.json
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -42,16 +53,27 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import torch  # noqa: E402
+from env import env_info, env_tag  # noqa: E402
+from mfu import ModelShape, batch_work, peak_tflops, train_flops  # noqa: E402
 from released_step import released_compute_loss  # noqa: E402
 
 from tuna.data import DataConfig, EpochBatchSampler, collate_padded, tokenize_record  # noqa: E402
 from tuna.forward import response_token_logprobs  # noqa: E402
 from tuna.losses import LossConfig, tuna_loss  # noqa: E402
-from tuna.packing import layout_stats  # noqa: E402
+from tuna.packing import layout_stats, packed_response_logprobs  # noqa: E402
 
 SHARED = Path(os.environ.get("TUNA_SHARED_DATA", REPO.parent / "shared" / "data"))
-OUT = REPO / "results" / "benchmarks" / "ranking_step.json"
-VARIANTS = ["released", "chunked", "packed", "prefix_shared"]
+OUT = REPO / "results" / "benchmarks"
+VARIANTS = {"cpu": ["released", "chunked", "packed", "prefix_shared"],
+            "cuda": ["released", "chunked", "packed/flex", "prefix_shared/spans", "prefix_shared/flex"]}
+MODELS = {"cpu": ["smollm2-135m-instruct"], "cuda": ["smollm2-135m-instruct", "llama-3.2-1b-random"]}
+LLAMA_3_2_1B = dict(  # meta-llama/Llama-3.2-1B config.json
+    vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
+    rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                  "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    tie_word_embeddings=True, hidden_act="silu", attention_bias=False, mlp_bias=False,
+)
 
 
 def load_items(n_cand: int = 4, max_length: int = 512):
@@ -75,17 +97,27 @@ def batches(items, batch_records: int, *, length_grouped: bool = True, seed: int
     return [[items[i] for i in b] for b in sampler]
 
 
+def layout_of(variant: str) -> dict:
+    """``layout_stats`` arguments of the layout a variant computes."""
+    mode, _, attention = variant.partition("/")
+    if mode in ("released", "chunked"):
+        return {"mode": "padded"}
+    return {"mode": mode, "capacity": -1, "multiple_of": 128 if attention == "flex" else 1}
+
+
 def padding_report(items, pad_id: int, batch_records: int) -> dict:
     """Padding share of one epoch under each layout, with and without length grouping (no model needed)."""
     rep = {}
+    layouts = {"padded": {"mode": "padded"}, "packed": {"mode": "packed", "capacity": -1},
+               "prefix_shared": {"mode": "prefix_shared", "capacity": -1},
+               "prefix_shared_flex": {"mode": "prefix_shared", "capacity": -1, "multiple_of": 128},
+               "packed_rows_mask": {"mode": "packed"}, "prefix_shared_rows_mask": {"mode": "prefix_shared"}}
     for grouped in (False, True):
-        layouts = {"padded": ("padded", None), "packed": ("packed", -1), "prefix_shared": ("prefix_shared", -1),
-                   "packed_rows_mask": ("packed", None), "prefix_shared_rows_mask": ("prefix_shared", None)}
         tot = {m: {"real": 0, "slots": 0} for m in layouts}
         for b in batches(items, batch_records, length_grouped=grouped):
             batch = collate_padded(b, pad_id)
-            for m, (mode, cap) in layouts.items():
-                st = layout_stats(batch, mode=mode, capacity=cap)
+            for m, kw in layouts.items():
+                st = layout_stats(batch, **kw)
                 tot[m]["real"] += st["real"]
                 tot[m]["slots"] += st["slots"]
         rep["length_grouped" if grouped else "random_batches"] = {
@@ -93,13 +125,18 @@ def padding_report(items, pad_id: int, batch_records: int) -> dict:
     return rep
 
 
-def make_step(variant: str, model, opt, loss_cfg: LossConfig, bf16: bool):
+def make_step(variant: str, model, opt, loss_cfg: LossConfig, bf16: bool, device_type: str = "cpu"):
+    mode, _, attention = variant.partition("/")
+
     def step(batch):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            if variant == "released":
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            if mode == "released":
                 loss = released_compute_loss(model, batch, margin=loss_cfg.margin, mle_weight=loss_cfg.mle_weight)
             else:
-                logps, mask = response_token_logprobs(model, batch, mode=variant)
+                if attention:
+                    logps, mask = packed_response_logprobs(model, batch, mode=mode, attention=attention)  # type: ignore[arg-type]
+                else:
+                    logps, mask = response_token_logprobs(model, batch, mode=mode)  # type: ignore[arg-type]
                 loss = tuna_loss(logps, mask, batch["rank_mask"], batch["gold_mask"], loss_cfg).loss
         loss.backward()
         opt.step()
@@ -108,13 +145,24 @@ def make_step(variant: str, model, opt, loss_cfg: LossConfig, bf16: bool):
     return step
 
 
-def load_student():
-    from tuna.models import load_model
+def load_student(name: str = "smollm2-135m-instruct", device: str = "cpu"):
+    if name == "llama-3.2-1b-random":
+        from transformers import LlamaConfig, LlamaForCausalLM
 
-    model = load_model("smollm2-135m-instruct")
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = LlamaForCausalLM(LlamaConfig(**LLAMA_3_2_1B))
+    else:
+        from tuna.models import load_model
+
+        model = load_model(name).to(device)
     model.config._attn_implementation = "sdpa"
     model.train()
     return model
+
+
+def to_device(batch: dict, device: str) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def rss_now_mb() -> float:
@@ -143,18 +191,17 @@ def _reset_peak() -> bool:
         return False
 
 
-def mem_child(variant: str, batch_records: int, bf16: bool) -> None:
-    """Fresh process, the longest micro-batch: a warm-up step (allocates gradients and the AdamW state, which no
-    layout changes), then the peak RSS of one steady-state step (forward, loss, backward, AdamW) measured from a
-    reset high-water mark. ``step_peak_mb`` = that peak minus the RSS held before the step: activations,
-    vocabulary-sized tensors and transients, what the layout decides."""
-    import gc
+def largest_batch(items, batch_records: int, pad_id: int):
+    return collate_padded(max(batches(items, batch_records), key=lambda b: sum(it["length"] for it in b)), pad_id)
 
+
+def mem_child(variant: str, model_name: str, batch_records: int, bf16: bool) -> None:
+    """CPU, fresh process, the largest micro-batch: a warm-up step (allocates gradients and the AdamW state, which
+    no layout changes), then the peak RSS of one steady-state step measured from a reset high-water mark."""
     torch.set_num_threads(2)
     tok, items = load_items()
-    bs = batches(items, batch_records)
-    batch = collate_padded(max(bs, key=lambda b: max(it["length"] for it in b)), tok.pad_token_id)
-    model = load_student()
+    batch = largest_batch(items, batch_records, tok.pad_token_id)
+    model = load_student(model_name)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
     rss_model = rss_now_mb()
     step = make_step(variant, model, opt, LossConfig(), bf16)
@@ -174,95 +221,172 @@ def mem_child(variant: str, batch_records: int, bf16: bool) -> None:
                       "first_step_peak_rss_mb": round(first_peak), "method": "VmHWM of a steady-state step"}))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch-records", type=int, default=1, help="records per micro-batch (each with its N=4 candidates)")
-    ap.add_argument("--batches", type=int, default=2, help="micro-batches timed per repeat")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for every variant")
-    ap.add_argument("--quick", action="store_true", help="1 batch, 1 repeat, no memory subprocesses")
-    ap.add_argument("--no-mem", action="store_true")
-    ap.add_argument("--out", default=str(OUT))
-    ap.add_argument("--_mem-child", dest="mem_child", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.mem_child:
-        mem_child(args.mem_child, args.batch_records, args.bf16)
-        return
-    if args.quick:
-        args.batches, args.repeats, args.no_mem = 1, 1, True
-    variants = args.variants.split(",")
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
+def cuda_memory(step, batch) -> dict:
+    """Peak allocated CUDA memory of one steady-state step (the caller ran a warm-up step on this batch)."""
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step(batch)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    return {"peak_mb": round(peak / 2**20), "step_peak_mb": round((peak - before) / 2**20), "state_mb": round(before / 2**20),
+            "method": "torch.cuda.max_memory_allocated of a steady-state step"}
 
-    tok, items = load_items()
+
+def run_model(model_name: str, args, tok, items, env: dict, peak: float | None) -> dict:
+    device, bf16 = args.device, args.precision == "bf16"
+    variants = args.variants.split(",")
     pad = padding_report(items, tok.pad_token_id, args.batch_records)
     all_b = batches(items, args.batch_records)
     # a spread of micro-batches: evenly spaced through the (shuffled, length-grouped) epoch
     picks = [all_b[i * len(all_b) // args.batches] for i in range(args.batches)]
-    timed = [collate_padded(b, tok.pad_token_id) for b in picks]
+    timed_cpu = [collate_padded(b, tok.pad_token_id) for b in picks]
+    timed = [to_device(b, device) for b in timed_cpu]
 
-    model = load_student()
+    model = load_student(model_name, device)
+    shape = ModelShape.of(model)
+    n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    steps = {v: make_step(v, model, opt, LossConfig(), args.bf16) for v in variants}
-    # warm-up (allocates the AdamW state). Each warm-up step updates the shared weights (lr 1e-6), so these first
-    # losses drift slightly from variant to variant; exact equality is tested in tests/test_perf_equivalence.py.
-    losses = {v: steps[v](timed[0]) for v in variants}
+    steps = {v: make_step(v, model, opt, LossConfig(), bf16, device) for v in variants}
+    # warm-up: allocates the AdamW state; on CUDA every timed batch once (compiles flex, fills the allocator's
+    # pools). Each warm-up step updates the shared weights (lr 1e-6), so these first losses drift slightly from
+    # variant to variant; exact equality is tested in tests/test_perf_equivalence.py and tests/test_attention.py.
+    losses, compile_s = {}, {}
+    for v in variants:
+        t0 = time.perf_counter()
+        for b in timed if device == "cuda" else timed[:1]:
+            losses[v] = steps[v](b)
+        compile_s[v] = round(time.perf_counter() - t0, 1)
     times: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.repeats):
         for v in variants:  # interleaved: every repeat runs every variant on the same batches
+            if device == "cuda":
+                torch.cuda.synchronize()
             t0 = time.perf_counter()
             for batch in timed:
                 steps[v](batch)
+            if device == "cuda":
+                torch.cuda.synchronize()
             times[v].append(time.perf_counter() - t0)
 
-    real = sum(layout_stats(b)["real"] for b in timed)
-    res: dict = {"config": {"model": "smollm2-135m-instruct", "N": 4, "batch_records": args.batch_records,
-                            "micro_batches": args.batches, "repeats": args.repeats,
-                            "precision": "bf16-autocast" if args.bf16 else "fp32", "threads": torch.get_num_threads(),
+    real = sum(layout_stats(b)["real"] for b in timed_cpu)
+    res: dict = {"env": env,
+                 "config": {"model": model_name, "parameters": n_params, "N": 4, "batch_records": args.batch_records,
+                            "micro_batches": args.batches, "repeats": args.repeats, "device": device,
+                            "precision": "bf16-autocast" if bf16 else "fp32", "threads": torch.get_num_threads(),
+                            "peak_tflops": peak,
                             "data": "vicuna_qa old_eval_answers, first 4 answers/question, alpaca template, max_length 512"},
-                 "padding_epoch": pad, "first_batch_loss": losses, "variants": {}}
+                 "padding_epoch": pad, "first_batch_loss": losses, "warmup_s": compile_s, "variants": {}}
     for v in variants:
-        mode = {"released": "padded", "chunked": "padded"}.get(v, v)
-        st = [layout_stats(b, mode=mode, capacity=-1) for b in timed]
+        st = [layout_stats(b, **layout_of(v)) for b in timed_cpu]
         computed = sum(s["slots"] for s in st)
         distinct = sum(s["real"] for s in st)
+        work_mode = v.partition("/")[0]
+        flops = sum(train_flops(shape, **batch_work(b, work_mode)) for b in timed_cpu)
         med = statistics.median(times[v])
-        res["variants"][v] = {"median_s": round(med, 3), "all_s": [round(x, 3) for x in times[v]],
-                              "real_tokens_per_s": round(real / med, 1), "computed_tokens_per_s": round(computed / med, 1),
-                              "computed_tokens": computed, "padding_tokens": computed - distinct,
-                              "padding_share": round(1 - distinct / computed, 4), "real_tokens": real}
-    base = res["variants"].get("released")
+        row = {"median_s": round(med, 4), "all_s": [round(x, 4) for x in times[v]],
+               "real_tokens_per_s": round(real / med, 1), "computed_tokens_per_s": round(computed / med, 1),
+               "computed_tokens": computed, "padding_tokens": computed - distinct,
+               "padding_share": round(1 - distinct / computed, 4), "real_tokens": real,
+               "model_tflops": round(flops / 1e12, 4), "model_tflops_per_s": round(flops / med / 1e12, 3)}
+        if peak:
+            row["mfu"] = round(flops / med / (peak * 1e12), 4)
+        res["variants"][v] = row
     if not args.no_mem:
-        for v in variants:
-            cmd = [sys.executable, __file__, "--_mem-child", v, "--batch-records", str(args.batch_records)] + (["--bf16"] if args.bf16 else [])
-            outp = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            res["variants"][v]["memory"] = json.loads(outp)
+        if device == "cuda":
+            longest = to_device(largest_batch(items, args.batch_records, tok.pad_token_id), device)
+            for v in variants:
+                steps[v](longest)  # warm-up on this batch's shapes
+                res["variants"][v]["memory"] = cuda_memory(steps[v], longest)
+        else:
+            for v in variants:
+                cmd = [sys.executable, __file__, "--_mem-child", v, "--models", model_name, "--batch-records",
+                       str(args.batch_records), "--precision", args.precision]
+                outp = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+                res["variants"][v]["memory"] = json.loads(outp)
+    del model, opt, steps
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
-    print(f"ranking step, N=4, {args.batch_records} record(s)/micro-batch, {res['config']['precision']}, "
-          f"{args.batches} micro-batches x {args.repeats} repeats (median), {real} real tokens/repeat")
+    base = res["variants"].get("released")
+    peak_key = "peak_mb" if device == "cuda" else "peak_rss_mb"
+    tag = env_tag(env)
+    print(f"ranking step, {model_name} ({n_params / 1e6:.0f} M parameters), N=4, {args.batch_records} record(s)/micro-batch, "
+          f"{res['config']['precision']}, {args.batches} micro-batches x {args.repeats} repeats (median), {real} real "
+          f"tokens/repeat {tag}")
     for v, r in res["variants"].items():
-        line = (f"  {v:14s} {r['median_s']:7.2f} s  {r['real_tokens_per_s']:7.1f} real tok/s  "
+        line = (f"  {v:20s} {r['median_s']:8.3f} s  {r['real_tokens_per_s']:9.1f} real tok/s  "
                 f"(computed {r['computed_tokens']} tok, padding {100 * r['padding_share']:.1f} %)")
         if base:
             line += f"  speed x{base['median_s'] / r['median_s']:.2f}"
+        if "mfu" in r:
+            line += f"  MFU {100 * r['mfu']:.1f} %"
         if "memory" in r:
             m = r["memory"]
-            line += f"  peak RSS {m['peak_rss_mb']} MB (step {m['step_peak_mb']} MB)"
+            line += f"  peak {m[peak_key]} MB (step {m['step_peak_mb']} MB)"
             if base and "memory" in base:
-                line += f" x{m['peak_rss_mb'] / base['memory']['peak_rss_mb']:.2f} / step x{m['step_peak_mb'] / base['memory']['step_peak_mb']:.2f}"
-        print(line)
+                line += f" x{m[peak_key] / base['memory'][peak_key]:.2f} / step x{m['step_peak_mb'] / max(base['memory']['step_peak_mb'], 1):.2f}"
+        print(line + f"  {tag}")
     if base:
         res["ratios_vs_released"] = {v: {"speed": round(base["median_s"] / r["median_s"], 3),
-                                         **({"peak_rss": round(r["memory"]["peak_rss_mb"] / base["memory"]["peak_rss_mb"], 3),
-                                             "step_peak": round(r["memory"]["step_peak_mb"] / base["memory"]["step_peak_mb"], 3)}
+                                         **({"peak_memory": round(r["memory"][peak_key] / base["memory"][peak_key], 3),
+                                             "step_peak": round(r["memory"]["step_peak_mb"] / max(base["memory"]["step_peak_mb"], 1), 3)}
                                             if "memory" in r and "memory" in base else {})}
                                      for v, r in res["variants"].items()}
     for k, v in pad.items():
-        print(f"  epoch padding share ({k}): " + ", ".join(f"{m} {100 * x['padding_share']:.1f} %" for m, x in v.items()))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"wrote {args.out}")
+        print(f"  epoch padding share ({k}): " + ", ".join(f"{m} {100 * x['padding_share']:.1f} %" for m, x in v.items())
+              + f"  {tag}")
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--models", default=None, help="comma-separated (default: the 135M model on CPU, both on CUDA)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                    help="fp32, or bf16 autocast over fp32 weights (bf16-mixed); default fp32 on CPU, bf16 on CUDA")
+    ap.add_argument("--bf16", action="store_true", help="same as --precision bf16")
+    ap.add_argument("--batch-records", type=int, default=None, help="records per micro-batch, each with its N=4 "
+                    "candidates (default 1 on CPU, 8 on CUDA)")
+    ap.add_argument("--batches", type=int, default=None, help="micro-batches timed per repeat (default 2 CPU, 4 CUDA)")
+    ap.add_argument("--repeats", type=int, default=None, help="default 2 CPU, 3 CUDA")
+    ap.add_argument("--variants", default=None)
+    ap.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (default: by GPU name)")
+    ap.add_argument("--quick", action="store_true", help="1 batch, 1 repeat, no memory measurement")
+    ap.add_argument("--no-mem", action="store_true")
+    ap.add_argument("--out", default=None, help="default results/benchmarks/ranking_step.json (CPU), gpu_ranking_step.json (CUDA)")
+    ap.add_argument("--_mem-child", dest="mem_child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device")
+    args.precision = "bf16" if args.bf16 else args.precision or ("bf16" if cuda else "fp32")
+    args.models = args.models or ",".join(MODELS[args.device])
+    args.variants = args.variants or ",".join(VARIANTS[args.device])
+    args.batch_records = args.batch_records or (8 if cuda else 1)
+    args.batches = args.batches or (4 if cuda else 2)
+    args.repeats = args.repeats or (3 if cuda else 2)
+    if args.mem_child:
+        mem_child(args.mem_child, args.models, args.batch_records, args.precision == "bf16")
+        return
+    if args.quick:
+        args.batches, args.repeats, args.no_mem = 1, 1, True
+    if not cuda:
+        torch.set_num_threads(2)
+    torch.manual_seed(0)
+    env = env_info(args.device, "bf16-autocast" if args.precision == "bf16" else "fp32")
+    peak = args.peak_tflops or (peak_tflops(env["gpu"]) if cuda else None)
+    print(f"environment: {json.dumps(env)}; dense bf16 peak {peak} TFLOP/s")
+
+    tok, items = load_items()
+    runs = [run_model(name, args, tok, items, env, peak) for name in args.models.split(",")]
+    out = Path(args.out or OUT / ("gpu_ranking_step.json" if cuda else "ranking_step.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(runs[0] if len(runs) == 1 else {"env": env, "runs": runs}, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from env import env_info, env_tag  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
+
 SHARED = Path(os.environ.get("TUNA_SHARED_DATA", REPO.parent / "shared" / "data"))
 OUT = REPO / "results" / "benchmarks" / "sampling.json"
 
@@ -88,7 +91,9 @@ def main() -> None:
     # warm-up
     gen.generate(prompts[:1], SamplingParams(n=1, max_new_tokens=4))
 
-    res = {"config": {k: v for k, v in vars(args).items() if k != "out"} | {"model": "smollm2-135m-instruct", "precision": "fp32", "threads": torch.get_num_threads()}}
+    env = env_info("cpu", "fp32")
+    tag = env_tag(env)
+    res = {"env": env, "config": {k: v for k, v in vars(args).items() if k != "out"} | {"model": "smollm2-135m-instruct", "precision": "fp32", "threads": torch.get_num_threads()}}
     # baseline: one sequence per generate call
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -124,11 +129,11 @@ def main() -> None:
     base = res["one_at_a_time"]["tokens_per_s"]
     res["speedup_vs_one_at_a_time"] = round(res["batched_generator"]["tokens_per_s"] / base, 2)
     res["speedup_vs_per_prompt_n_returns"] = round(res["batched_generator"]["tokens_per_s"] / res["per_prompt_n_returns"]["tokens_per_s"], 2)
-    print(f"sampling N={args.n}, max_new_tokens={args.max_new_tokens}, fp32, {torch.get_num_threads()} threads")
+    print(f"sampling N={args.n}, max_new_tokens={args.max_new_tokens}, fp32, {torch.get_num_threads()} threads {tag}")
     for k in ("one_at_a_time", "per_prompt_n_returns", "batched_generator"):
         r = res[k]
-        print(f"  {k:22s} {r['tokens']:6d} tok in {r['s']:7.2f} s = {r['tokens_per_s']:7.2f} tok/s")
-    print(f"  speed-up vs one-at-a-time x{res['speedup_vs_one_at_a_time']}, vs per-prompt N returns x{res['speedup_vs_per_prompt_n_returns']}")
+        print(f"  {k:22s} {r['tokens']:6d} tok in {r['s']:7.2f} s = {r['tokens_per_s']:7.2f} tok/s  {tag}")
+    print(f"  speed-up vs one-at-a-time x{res['speedup_vs_one_at_a_time']}, vs per-prompt N returns x{res['speedup_vs_per_prompt_n_returns']}  {tag}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(f"wrote {args.out}")

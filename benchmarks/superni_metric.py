@@ -26,6 +26,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from env import env_info, env_tag  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
+
 SHARED = Path(os.environ.get("TUNA_SHARED_DATA", REPO.parent / "shared" / "data"))
 OUT = REPO / "results" / "benchmarks" / "superni_metric.json"
 
@@ -94,14 +97,16 @@ def main() -> None:
     for k in ("exact_match", "rougeL"):
         assert abs(results["plain"][k] - results["fast"][k]) < 1e-6 * 100, (k, results)
     med = {k: statistics.median(v) for k, v in times.items()}
-    res = {"instances": len(rows), "repeats": args.repeats, "plain_s": round(med["plain"], 3), "fast_s": round(med["fast"], 3),
+    env = env_info("cpu", "no model (string metric, one process)")
+    tag = env_tag(env)
+    res = {"env": env, "instances": len(rows), "repeats": args.repeats, "plain_s": round(med["plain"], 3), "fast_s": round(med["fast"], 3),
            "all_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
            "speedup": round(med["plain"] / med["fast"], 2),
            "instances_per_s": {k: round(len(rows) / v, 1) for k, v in med.items()},
            "metrics": {k: {m: round(x, 4) for m, x in v.items()} for k, v in results.items()}}
     print(f"Super-NI metric over {len(rows)} instances, median of {args.repeats}:")
-    print(f"  plain RougeScorer loop  {med['plain']:.2f} s  ({res['instances_per_s']['plain']} inst/s)")
-    print(f"  evaluation.superni      {med['fast']:.2f} s  ({res['instances_per_s']['fast']} inst/s)  x{res['speedup']}")
+    print(f"  plain RougeScorer loop  {med['plain']:.2f} s  ({res['instances_per_s']['plain']} inst/s)  {tag}")
+    print(f"  evaluation.superni      {med['fast']:.2f} s  ({res['instances_per_s']['fast']} inst/s)  x{res['speedup']}  {tag}")
     print(f"  metrics agree: {res['metrics']['fast']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))

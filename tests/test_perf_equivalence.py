@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tuna.attention import dense_mask
 from tuna.data import DataConfig, collate_padded, tokenize_record
 from tuna.forward import response_token_logprobs
 from tuna.losses import LossConfig, tuna_loss
-from tuna.packing import attention_mask_4d, layout_stats, pack_batch, packed_response_logprobs
+from tuna.packing import layout_stats, pack_batch, packed_response_logprobs
 
 FAST_MODES = ["chunked", "packed", "prefix_shared", "packed/mask", "prefix_shared/mask"]
 """``x/mask``: the packed layout in rows with the model's own sdpa/eager attention and a 4-D block mask instead
@@ -99,7 +100,7 @@ def test_pack_layout_and_mask(smol_tokenizer, vicuna_items):
     assert packed["slots"] < padded["slots"]
     assert shared["real"] < packed["real"]  # prompt counted once per record
     pb = pack_batch(batch, mode="prefix_shared")
-    m = attention_mask_4d(pb, attn_implementation="sdpa", dtype=torch.float32)[:, 0]
+    m = dense_mask(pb.group, pb.branch, pb.position_ids)[:, 0]
     assert m.diagonal(dim1=-2, dim2=-1).all()  # every query (padding included) sees at least itself
     assert not m.triu(1).any()  # causal
     # a response token never sees another response of its record

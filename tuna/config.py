@@ -15,6 +15,7 @@ Strategy = Literal["auto", "ddp", "fsdp", "deepspeed"]
 PairReduction = Literal["per_distance_mean", "all_pairs_sum"]
 MleTarget = Literal["all", "best", "gold"]
 MarginScaling = Literal["rank_distance", "constant"]
+LogprobMode = Literal["auto", "full", "chunked", "packed", "prefix_shared"]
 
 
 @dataclass
@@ -37,9 +38,10 @@ class ModelConfig:
     """Weight dtype at load time (keep float32 with *-mixed precision)."""
     gradient_checkpointing: bool = False
     lora: LoraConfig | None = None
-    logprob_mode: Literal["full", "chunked", "packed", "prefix_shared"] = "chunked"
-    """How response log-probs are computed: chunked (response positions only), full (released code), packed (no
-    padding between candidates) or prefix_shared (packed, and each record's prompt computed once); see tuna.packing."""
+    logprob_mode: LogprobMode = "auto"
+    """How response log-probs are computed (tuna.forward, docs/performance.md): auto (prefix_shared with
+    FlexAttention on CUDA, chunked on CPU), chunked (response positions only), full (released code), packed (no
+    padding between candidates) or prefix_shared (packed, and each record's prompt computed once)."""
     attn_implementation: str | None = None
     """e.g. sdpa, eager, flash_attention_2 (None: the transformers default)."""
 

@@ -1,4 +1,4 @@
-"""Padding-free layouts of a [B, S, T] candidate batch, and their forward (issue #7).
+"""Padding-free layouts of a [B, S, T] candidate batch, and their forward (issues #7, #12).
 
 Two layouts, both built *inside* the forward from the padded batch of ``collate_padded`` (the data module,
 its caching and its resumable sampler stay untouched; the collation costs a few ms against a multi-second
@@ -7,18 +7,18 @@ step):
 * ``packed``: every (record, candidate) sequence ``prompt + response`` is a segment; segments are packed
   first-fit-decreasing into rows of ``capacity`` tokens (default: the longest segment, so a row's attention
   span, hence the quadratic attention cost per token, is never longer than in the padded layout). Each token
-  gets its own position id (restarting at 0 per segment) and a block-diagonal causal mask keeps segments apart.
+  gets its own position id (restarting at 0 per segment).
 * ``prefix_shared``: one segment per record: ``prompt + response_1 + … + response_N``; the prompt is computed
   once, each response attends to the prompt and to itself only, and its positions continue from the prompt
-  length (so RoPE sees exactly the positions of the padded layout). Segments are then packed like above.
+  length (so RoPE and sliding windows see exactly the positions of the padded layout).
 
-The attention mask is a 4-D tensor ``[rows, 1, L, L]`` which transformers 5.x passes through unchanged
-(``masking_utils._preprocess_mask_arguments``: "If the mask is already 4D, simply return as-is"): boolean
-(True = attend) for ``sdpa``, additive (0 / dtype-min) for ``eager``. Padding slots at row ends attend to
-themselves only, so no softmax row is empty (no NaN).
+Each token carries its segment id, branch id (0: shared; k + 1: response k) and position id; the attention mask
+of every attention path is derived from those by the one mask definition, ``tuna.attention.ranking_mask_mod``.
+Padding slots at row ends form segments of their own (they attend to themselves only, so no softmax row is
+empty).
 
 The log-probs of response tokens are then taken from the hidden states of their predecessor positions with
-the chunked LM head (``tuna.forward.chunked_response_logprobs``) and scattered back to the ``[B, S, T-1]``
+the chunked LM head (``tuna.logprobs.chunked_response_logprobs``) and scattered back to the ``[B, S, T-1]``
 layout the loss expects, so ``tuna_loss`` is unchanged.
 """
 
@@ -29,7 +29,19 @@ from typing import Any, Literal
 
 import torch
 
+from tuna.logprobs import causal_lm, chunked_response_logprobs, final_logit_softcap
+
 PackMode = Literal["packed", "prefix_shared"]
+PackAttention = Literal["auto", "spans", "flex", "mask"]
+
+
+def default_attention(device: torch.device | str) -> str:
+    """``flex`` on CUDA (where torch has FlexAttention), ``spans`` elsewhere (FlexAttention has no CPU backward)."""
+    import importlib.util
+
+    if torch.device(device).type == "cuda" and importlib.util.find_spec("torch.nn.attention.flex_attention"):  # torch >= 2.5
+        return "flex"
+    return "spans"
 
 
 @dataclass
@@ -78,11 +90,12 @@ def _first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
 
 
 def pack_batch(batch: dict[str, torch.Tensor], *, mode: PackMode = "packed", capacity: int | None = None,
-               pad_id: int = 0) -> PackedBatch:
+               pad_id: int = 0, multiple_of: int = 1) -> PackedBatch:
     """The padded ``[B, S, T]`` batch of ``collate_padded`` → a :class:`PackedBatch`.
 
     ``capacity``: row length; None packs into rows as long as the longest segment (a segment longer than
-    ``capacity`` gets a row of its own); −1 puts everything in one row (for the span attention)."""
+    ``capacity`` gets a row of its own); −1 puts everything in one row (span and flex attention).
+    ``multiple_of``: the row length is rounded up to a multiple of it (FlexAttention's 128-token blocks)."""
     input_ids, attn, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     b, s, t = input_ids.shape
     lens = attn.sum(-1).tolist()  # [B][S] prompt + response lengths (right-padded)
@@ -121,6 +134,7 @@ def pack_batch(batch: dict[str, torch.Tensor], *, mode: PackMode = "packed", cap
     bins = _first_fit_decreasing(seg_lens, cap)
     rows = len(bins)
     row_len = max((sum(seg_lens[j] for j in bn) for bn in bins), default=1)
+    row_len = -(-row_len // multiple_of) * multiple_of
     ids = torch.full((rows, row_len), pad_id, dtype=torch.long)
     pos = torch.zeros((rows, row_len), dtype=torch.long)
     group = -1 - torch.arange(rows * row_len, dtype=torch.long).view(rows, row_len)
@@ -139,21 +153,25 @@ def pack_batch(batch: dict[str, torch.Tensor], *, mode: PackMode = "packed", cap
             group[r, col : col + n] = j
             base = r * row_len + col
             if mode == "prefix_shared":
-                p = spans[0][2] if spans else n
-                row_spans[r].append((col, col + p, col, col))
+                p = spans[0][2]
+                if p:
+                    row_spans[r].append((col, col + p, col, col))
                 row_spans[r].extend((col + st, col + st + rl, col, col + p) for _, st, _, rl in spans if rl)
             else:
                 row_spans[r].append((col, col + n, col, col))
             for slot, start, p, rl in spans:
-                if rl == 0:
+                # response token m (0-based) sits at start + m and is scored at log-prob column p − 1 + m; it is
+                # predicted by the hidden state of the token before it: the last prompt token for m = 0, else
+                # response token m − 1 of the same branch. With an empty prompt, token 0 has no predecessor and
+                # is not scored (as in the padded layout, whose targets start at position 1).
+                m0 = 0 if p else 1
+                if rl <= m0:
                     continue
-                # response token m (0-based) sits at start + m; it is predicted by the hidden state of the token
-                # before it: the last prompt token for m = 0, else response token m − 1 of the same branch
-                first_pred = base + (p - 1 if mode == "prefix_shared" else start - 1)
-                pred.append(torch.tensor([first_pred]))
-                pred.append(torch.arange(base + start, base + start + rl - 1))
-                tgt.append(torch.tensor(toks[start : start + rl]))
-                out.append(slot * (t - 1) + torch.arange(p - 1, p - 1 + rl))
+                if m0 == 0:
+                    pred.append(torch.tensor([base + (p - 1 if mode == "prefix_shared" else start - 1)]))
+                pred.append(torch.arange(base + start, base + start + rl - 1))  # tokens m ≥ 1
+                tgt.append(torch.tensor(toks[start + m0 : start + rl]))
+                out.append(slot * (t - 1) + torch.arange(p - 1 + m0, p - 1 + rl))
             col += n
 
     def cat(xs: list[torch.Tensor]) -> torch.Tensor:
@@ -162,71 +180,9 @@ def pack_batch(batch: dict[str, torch.Tensor], *, mode: PackMode = "packed", cap
     return PackedBatch(ids, pos, group, branch, cat(pred), cat(tgt), cat(out), sum(seg_lens), row_spans)
 
 
-def attention_mask_4d(pb: PackedBatch, *, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
-    """``[R, 1, L, L]`` mask: same segment, causal in the row, and (shared token or same response branch)."""
-    g, br = pb.group, pb.branch
-    L = g.shape[1]
-    causal = torch.ones((L, L), dtype=torch.bool).tril()
-    allowed = (g[:, :, None] == g[:, None, :]) & causal & ((br[:, None, :] == 0) | (br[:, :, None] == br[:, None, :]))
-    allowed = allowed[:, None]
-    if attn_implementation == "sdpa":
-        return allowed
-    if attn_implementation == "eager":
-        out = torch.zeros(allowed.shape, dtype=dtype)
-        return out.masked_fill_(~allowed, torch.finfo(dtype).min)
-    raise ValueError(f"packed layouts need attn_implementation sdpa or eager, got {attn_implementation!r}")
-
-
-SPAN_ATTENTION = "tuna_spans"
-
-
-def span_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any,
-                   scaling: float | None = None, dropout: float = 0.0, tuna_spans: Any = None, **kwargs: Any):
-    """Variable-length attention for one packed row (a transformers ``AttentionInterface`` function).
-
-    ``query [1, H, L, D]``, ``key/value [1, H_kv, L, D]``; ``tuna_spans`` = ``(q_start, q_end, prefix_start,
-    prefix_end, mask)`` in row order covering the row: each span's queries attend causally to the span and
-    fully to its prefix (``mask`` is the ``[q, prefix + q]`` boolean mask then, else None and plain causal SDPA).
-    Only the unmasked blocks are computed: no padding, no cross-sequence work, no quadratic mask."""
-    if query.shape[0] != 1:
-        raise ValueError("span attention expects a single packed row")
-    n_rep = query.shape[1] // key.shape[1]
-    if n_rep > 1:  # GQA: the math/flash CPU kernels want equal heads
-        key = key.repeat_interleave(n_rep, dim=1)
-        value = value.repeat_interleave(n_rep, dim=1)
-    outs = []
-    for qs, qe, ps, pe, mask in tuna_spans:
-        q = query[:, :, qs:qe]
-        if mask is None:
-            o = torch.nn.functional.scaled_dot_product_attention(q, key[:, :, qs:qe], value[:, :, qs:qe], is_causal=True,
-                                                                 scale=scaling, dropout_p=dropout)
-        else:
-            k = torch.cat([key[:, :, ps:pe], key[:, :, qs:qe]], dim=2)
-            v = torch.cat([value[:, :, ps:pe], value[:, :, qs:qe]], dim=2)
-            o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, dropout_p=dropout)
-        outs.append(o)
-    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
-
-
-def _register_span_attention() -> None:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(SPAN_ATTENTION, span_attention)
-
-
-def _span_args(pb: PackedBatch, device: torch.device) -> list[tuple[int, int, int, int, torch.Tensor | None]]:
-    out = []
-    for qs, qe, ps, pe in pb.spans[0]:
-        mask = None
-        if pe > ps:
-            q, p = qe - qs, pe - ps
-            mask = torch.ones((q, p + q), dtype=torch.bool, device=device)
-            mask[:, p:] = torch.ones((q, q), dtype=torch.bool, device=device).tril()
-        out.append((qs, qe, ps, pe, mask))
-    return out
-
-
 def _configs(lm: Any) -> list[Any]:
+    """Every config object the model's modules hold (a multimodal model has several): the attention
+    implementation is switched on each."""
     seen: dict[int, Any] = {}
     for m in lm.modules():
         cfg = getattr(m, "config", None)
@@ -235,65 +191,140 @@ def _configs(lm: Any) -> list[Any]:
     return list(seen.values())
 
 
+def _switch_in(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+    from tuna.attention import FLEX_ATTENTION, SPAN_ATTENTION
+
+    impl = SPAN_ATTENTION if kwargs.get("tuna_spans") is not None else FLEX_ATTENTION if kwargs.get("tuna_flex") is not None else None
+    if impl is not None:
+        cfgs = _configs(module)
+        module._tuna_saved = [(c, c._attn_implementation_internal) for c in cfgs]
+        for c in cfgs:
+            c._attn_implementation_internal = impl
+
+
+def _switch_back(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+    for c, v in module.__dict__.pop("_tuna_saved", []):
+        c._attn_implementation_internal = v
+
+
+def _install_switch_hooks(lm: Any) -> None:
+    """Gradient checkpointing replays each layer's forward in backward, after the forward below has switched the
+    model's attention implementation back. Hooks on the modules each layer calls switch it for the calls that carry
+    a plan (the attention module's), in the forward and in that replay alike."""
+    if getattr(lm, "_tuna_switch_hooks", False):
+        return
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in lm.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ValueError(f"{type(lm).__name__}: gradient checkpointing with packed layouts needs transformers' "
+                         "GradientCheckpointingLayer layers; use model.logprob_mode chunked")
+    for layer in layers:
+        for child in layer.children():
+            child.register_forward_pre_hook(_switch_in, with_kwargs=True)
+            child.register_forward_hook(_switch_back, with_kwargs=True, always_call=True)
+    lm._tuna_switch_hooks = True
+
+
 def packed_response_logprobs(
-    model: Any, batch: dict[str, torch.Tensor], *, mode: PackMode = "packed", attention: Literal["spans", "mask"] = "spans",
-    capacity: int | None = None, chunk_tokens: int = 2048,
+    model: Any, batch: dict[str, torch.Tensor], *, mode: PackMode = "packed", attention: PackAttention = "auto",
+    capacity: int | None = None, chunk_tokens: int = 2048, compile: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(token_logps, token_mask)`` [B, S, T-1], equal to ``response_token_logprobs(mode='full')`` but computed
     on a padding-free (and, for ``prefix_shared``, prompt-once) layout.
 
-    ``attention='spans'`` (default): everything in one row, attention by :func:`span_attention` (exact
-    variable-length attention, registered with transformers' ``AttentionInterface`` and switched in for this
-    call only). ``attention='mask'``: rows of ``capacity`` tokens with the model's own sdpa/eager attention and
-    a 4-D block mask (portable, but computes the masked blocks too)."""
-    from tuna.forward import _causal_lm, _softcap, chunked_response_logprobs
+    ``attention``:
 
-    lm = _causal_lm(model)
+    * ``spans``: everything in one row; :func:`tuna.attention.span_attention` (one SDPA call per sequence span);
+      the CPU path;
+    * ``flex``: everything in one row padded to a multiple of 128; :func:`tuna.attention.flex_attention_forward`
+      (block-sparse FlexAttention, compiled once on CUDA; on CPU eager and forward only, for tests);
+    * ``mask``: rows of ``capacity`` tokens, the model's own sdpa/eager attention with dense 4-D masks (portable,
+      but computes the masked blocks too);
+    * ``auto``: ``flex`` on CUDA, ``spans`` elsewhere.
+
+    ``spans`` and ``flex`` are switched in through transformers' ``AttentionInterface`` for this call only.
+    ``compile``: run the compiled FlexAttention kernel (None: on CUDA)."""
+    from tuna.attention import (
+        FLEX_ATTENTION,
+        FLEX_BLOCK,
+        SPAN_ATTENTION,
+        FlexPlan,
+        SpanPlan,
+        layer_windows,
+        model_attention_mask,
+        register_attention,
+    )
+
+    lm = causal_lm(model)
     input_ids, labels = batch["input_ids"], batch["labels"]
     b, s, t = input_ids.shape
     device = input_ids.device
+    if attention == "auto":
+        attention = default_attention(device)
+    if attention == "flex" and device.type == "cpu" and torch.is_grad_enabled() and any(p.requires_grad for p in lm.parameters()):
+        raise ValueError("FlexAttention has no backward on CPU: use attention 'spans' (the default there) for training")
+    layer_windows(lm.config)  # rejects layer types the mask does not describe, before any work
     pad_id = getattr(lm.config, "pad_token_id", None) or 0
-    pb = pack_batch({k: batch[k].cpu() for k in ("input_ids", "attention_mask", "labels")}, mode=mode,
-                    capacity=-1 if attention == "spans" else capacity, pad_id=pad_id)
+    cpu_batch = {k: batch[k].cpu() for k in ("input_ids", "attention_mask", "labels")}
+    if attention == "spans":
+        pb = pack_batch(cpu_batch, mode=mode, capacity=-1, pad_id=pad_id)
+    elif attention == "flex":
+        pb = pack_batch(cpu_batch, mode=mode, capacity=-1, pad_id=pad_id, multiple_of=FLEX_BLOCK)
+    elif attention == "mask":
+        pb = pack_batch(cpu_batch, mode=mode, capacity=capacity, pad_id=pad_id)
+    else:
+        raise ValueError(f"unknown packed attention {attention!r} (auto | spans | flex | mask)")
     decoder = lm.get_decoder()
     ids, pos = pb.input_ids.to(device), pb.position_ids.to(device)
-    if attention == "spans":
-        _register_span_attention()
-        cfgs = _configs(lm)
-        saved = [c._attn_implementation_internal for c in cfgs]
-        try:
-            for c in cfgs:
-                c._attn_implementation_internal = SPAN_ATTENTION
-            hidden = decoder(input_ids=ids, position_ids=pos, attention_mask=None, use_cache=False,
-                             tuna_spans=_span_args(pb, device)).last_hidden_state
-        finally:
-            for c, v in zip(cfgs, saved):
-                c._attn_implementation_internal = v
-    elif attention == "mask":
+    segment, branch = pb.group.to(device), pb.branch.to(device)
+    if attention == "mask":
         impl = getattr(lm.config, "_attn_implementation", None) or "sdpa"
         dtype = lm.get_input_embeddings().weight.dtype
         if torch.is_autocast_enabled(device.type):
             dtype = torch.get_autocast_dtype(device.type)
-        mask = attention_mask_4d(pb, attn_implementation=impl, dtype=dtype).to(device)
+        mask = model_attention_mask(lm.config, segment, branch, pos, attn_implementation=impl, dtype=dtype)
         hidden = decoder(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state
     else:
-        raise ValueError(f"unknown packed attention {attention!r} (spans | mask)")
+        register_attention()
+        if attention == "spans":
+            plan: Any = SpanPlan(pb.spans[0], segment, branch, pos)
+            impl, extra = SPAN_ATTENTION, {"tuna_spans": plan}
+        else:
+            plan = FlexPlan(segment, branch, pos, compiled=device.type == "cuda" if compile is None else compile)
+            impl, extra = FLEX_ATTENTION, {"tuna_flex": plan}
+        if getattr(lm, "is_gradient_checkpointing", False):
+            _install_switch_hooks(lm)
+        cfgs = _configs(lm)
+        saved = [c._attn_implementation_internal for c in cfgs]
+        try:
+            for c in cfgs:
+                c._attn_implementation_internal = impl
+            hidden = decoder(input_ids=ids, position_ids=pos, attention_mask=None, use_cache=False, **extra).last_hidden_state
+        finally:
+            for c, v in zip(cfgs, saved):
+                c._attn_implementation_internal = v
+        if plan.calls == 0:
+            raise ValueError(f"{type(lm).__name__} does not route attention through transformers' AttentionInterface, so "
+                             f"the packed layouts cannot run on it: use model.logprob_mode chunked")
     hidden = hidden.reshape(-1, hidden.shape[-1])
     picked = chunked_response_logprobs(hidden[pb.pred_index.to(device)], lm.get_output_embeddings(), pb.target.to(device),
-                                       softcap=_softcap(lm), chunk_tokens=chunk_tokens)
+                                       softcap=final_logit_softcap(lm), chunk_tokens=chunk_tokens)
     out_index = pb.out_index.to(device)
     logps = torch.zeros(b * s * (t - 1), dtype=picked.dtype, device=device).index_copy(0, out_index, picked)
     token_mask = labels[..., 1:] != -100
     return logps.view(b, s, t - 1), token_mask
 
 
-def layout_stats(batch: dict[str, torch.Tensor], *, mode: str = "padded", capacity: int | None = None) -> dict[str, int]:
+def layout_stats(batch: dict[str, torch.Tensor], *, mode: str = "padded", capacity: int | None = None,
+                 multiple_of: int = 1) -> dict[str, int]:
     """Token counts of a batch under a layout: ``real`` (distinct tokens the model computes), ``slots`` (tensor
-    positions incl. padding), ``rows`` and ``row_len``. ``padded`` = the released code's ``[B·N, T]`` layout."""
+    positions incl. padding), ``rows`` and ``row_len``. ``padded`` = the released code's ``[B·N, T]`` layout;
+    ``capacity`` and ``multiple_of`` as in :func:`pack_batch` (−1 and 128 for the flex path)."""
     attn = batch["attention_mask"]
     if mode == "padded":
         live = attn.flatten(0, 1).any(-1)
         return {"real": int(attn.sum()), "slots": int(live.sum()) * attn.shape[-1], "rows": int(live.sum()),
                 "row_len": attn.shape[-1]}
-    pb = pack_batch(batch, mode=mode, capacity=capacity)  # type: ignore[arg-type]
+    pb = pack_batch(batch, mode=mode, capacity=capacity, multiple_of=multiple_of)  # type: ignore[arg-type]
     return {"real": pb.num_tokens, "slots": pb.num_slots, "rows": pb.input_ids.shape[0], "row_len": pb.input_ids.shape[1]}

@@ -66,16 +66,16 @@ def _forward_logprobs_impl(model: Any, enc: dict[str, Any], sequences: Any, chun
     ``enc`` holds one row per sequence."""
     import torch
 
-    from tuna.forward import _causal_lm, _softcap, chunked_response_logprobs
+    from tuna.logprobs import causal_lm, chunked_response_logprobs, final_logit_softcap
 
     p = enc["input_ids"].shape[1]
     am = torch.cat([enc["attention_mask"], torch.ones_like(sequences[:, p:])], dim=1)
     pos = (am.cumsum(-1) - 1).clamp_min(0)  # as generate does for left-padded rows
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     hidden = lm.get_decoder()(input_ids=sequences, attention_mask=am, position_ids=pos).last_hidden_state[:, p - 1 : -1]
     tgt = sequences[:, p:]
     flat = chunked_response_logprobs(hidden.reshape(-1, hidden.shape[-1]), lm.get_output_embeddings(), tgt.reshape(-1),
-                                     softcap=_softcap(lm), chunk_tokens=chunk_tokens)
+                                     softcap=final_logit_softcap(lm), chunk_tokens=chunk_tokens)
     return flat.view(tgt.shape).float().cpu()
 
 

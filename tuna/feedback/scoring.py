@@ -80,7 +80,7 @@ class ForcedScorer:
         """Per record, per candidate: the response tokens' log-probs."""
         import torch
 
-        from tuna.forward import _causal_lm, _softcap, chunked_response_logprobs
+        from tuna.logprobs import causal_lm, chunked_response_logprobs, final_logit_softcap
 
         seqs: list[tuple[int, int, list[int], int]] = []  # (record, candidate, ids, prompt length)
         for r, rec in enumerate(records):
@@ -89,7 +89,7 @@ class ForcedScorer:
                 ids = (p_ids + resp)[-self.max_length :]  # keep the response; cut the prompt's head if too long
                 seqs.append((r, c, ids, max(len(ids) - len(resp), 1)))
         out: list[list[list[float]]] = [[[] for _ in rec.candidates] for rec in records]
-        lm = _causal_lm(self.model)
+        lm = causal_lm(self.model)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][2]))  # similar lengths together: less padding
         with torch.inference_mode(), torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast_bf16):
@@ -106,7 +106,7 @@ class ForcedScorer:
                 ids, am, mask = ids.to(self.device), am.to(self.device), mask.to(self.device)
                 hidden = lm.get_decoder()(input_ids=ids, attention_mask=am).last_hidden_state[:, :-1]
                 picked = chunked_response_logprobs(hidden[mask], lm.get_output_embeddings(), ids[:, 1:][mask],
-                                                   softcap=_softcap(lm), chunk_tokens=self.chunk_tokens).float().cpu()
+                                                   softcap=final_logit_softcap(lm), chunk_tokens=self.chunk_tokens).float().cpu()
                 counts = mask.sum(-1).tolist()
                 off = 0
                 for (r, c, _, _), k in zip(batch, counts):
