@@ -427,8 +427,13 @@ def report(
     paper: str | None = "experiments/paper_numbers.example.yaml",
     ablation: str | None = None,
     series: str | None = None,
+    baseline: str | None = None,
+    resamples: int | None = None,
+    seed: int | None = None,
 ) -> str:
-    """Collect results.json files into the paper's tables (Markdown + LaTeX) and PNG plots under <out>/<name>/.
+    """Collect results.json files into the paper's tables (Markdown + LaTeX, with 95 % bootstrap intervals and n) and
+    PNG plots under <out>/<name>/. Columns are keyed by evaluation protocol: runs with different protocols never
+    share a column.
 
     Args:
         runs: Folder searched recursively for results.json.
@@ -437,12 +442,16 @@ def report(
         paper: YAML with the paper's numbers (null = not available); empty string to leave the column out.
         ablation: A knob (a tags key or settings key): adds an ablation table (rows = its values) and plots.
         series: A second knob: plots each metric against `ablation` with one line per value of this one.
+        baseline: A row (model name) every other row is compared with by a paired bootstrap over the same items.
+        resamples: Bootstrap resamples per interval (default: evaluation.stats.RESAMPLES, 2000).
+        seed: Bootstrap seed, so tables are reproducible (default: evaluation.stats.SEED, 0).
     """
     from evaluation.report import make_report
 
     if paper == "experiments/paper_numbers.example.yaml" and not Path(paper).exists():
         paper = None  # the default only applies inside the repository
-    d = make_report(runs, Path(out) / name, paper=paper or None, ablation=ablation, series=series)
+    boot = {k: v for k, v in (("resamples", resamples), ("seed", seed)) if v is not None}
+    d = make_report(runs, Path(out) / name, paper=paper or None, ablation=ablation, series=series, baseline=baseline, **boot)
     print(f"report -> {d}")
     return str(d)
 
