@@ -154,6 +154,7 @@ class Statistics:
     def __init__(self, resamples: int = stats.RESAMPLES, seed: int = stats.SEED, level: float = stats.LEVEL):
         self.resamples, self.seed, self.level = resamples, seed, level
         self._items: dict[str, Any] = {}
+        self._lmentry: dict[tuple[str, ...], dict[str, stats.Estimate]] = {}  # one bootstrap per result (pair) for 3 metrics
 
     def items(self, res: dict[str, Any]) -> Any:
         """Super-NI: {id: (rougeL, EM) x100}; LMentry: scored example rows; None when not recorded."""
@@ -194,7 +195,10 @@ class Statistics:
             return Cell(e.value, est.n, est.lo, est.hi)
         if items is None:
             return Cell(e.value, None)
-        est = stats.lmentry_cis(items, resamples=self.resamples, seed=self.seed, level=self.level)[_LMENTRY[c.metric]]
+        k = (res["_path"],)
+        if k not in self._lmentry:
+            self._lmentry[k] = stats.lmentry_cis(items, resamples=self.resamples, seed=self.seed, level=self.level)
+        est = self._lmentry[k][_LMENTRY[c.metric]]
         lo, hi = (None, None) if math.isnan(est.lo) else (est.lo, est.hi)
         return Cell(e.value, est.n, lo, hi)
 
@@ -216,7 +220,10 @@ class Statistics:
             j = 0 if c.metric == "superni_rougeL" else 1
             est = stats.paired_difference([ia[i][j] for i in common], [ib[i][j] for i in common], **self._kw())
             return Cell(est.value, est.n, est.lo, est.hi)
-        est = stats.lmentry_paired(ia, ib, resamples=self.resamples, seed=self.seed, level=self.level)[_LMENTRY[c.metric]]
+        k = (e.result["_path"], base.result["_path"])
+        if k not in self._lmentry:
+            self._lmentry[k] = stats.lmentry_paired(ia, ib, resamples=self.resamples, seed=self.seed, level=self.level)
+        est = self._lmentry[k][_LMENTRY[c.metric]]
         if math.isnan(est.value):
             return None
         lo, hi = (None, None) if math.isnan(est.lo) else (est.lo, est.hi)

@@ -178,3 +178,38 @@ def test_two_knob_ablation_has_one_line_per_series_value(tmp_path):
                                                 "| margin=0.0, mle_weight=1.0", "| margin=0.1, mle_weight=1.0"]
     assert rows[2].split(" | ")[1] == "8.00"
     assert (out / "ablation_margin_x_mle_weight.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _lmentry(root: Path, name: str, items: list[dict]) -> Path:
+    from evaluation import lmentry
+
+    d = root / f"lmentry-{name}"
+    d.mkdir(parents=True)
+    (d / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    m = lmentry.summarize(lmentry.aggregate(lmentry.task_accuracies(lmentry.counts_from_items(items))))
+    fields = {"items": len(items), "items_digest": "x", "scope": "full", "limit": None, "decoding": "greedy", "max_new_tokens": 50,
+              "truncate": False, "template": "alpaca"}
+    res = {"benchmark": "lmentry", "model": name, "tags": {"name": name}, "settings": {}, "finished_at": "2026-01-01T00:00:00",
+           "protocol": protocol.make("lmentry", fields), "metrics": m, "item_scores": {"file": "scores.jsonl", "unit": "example"}}
+    (d / "results.json").write_text(json.dumps(res))
+    return d
+
+
+def test_lmentry_cells_interval_on_accuracy_and_paired_difference(tmp_path):
+    from test_eval_stats import _lmentry_items
+
+    a, b = _lmentry_items(3), _lmentry_items(3, model_shift=0.3)
+    _lmentry(tmp_path / "runs", "student", a)
+    _lmentry(tmp_path / "runs", "tuna", b)
+    out = make_report(tmp_path / "runs", tmp_path / "r", baseline="student", resamples=300)
+    rep = json.loads((out / "report.json").read_text())
+    acc = rep["cells"]["tuna"]["LMentry acc. [full]"]
+    want = stats.lmentry_cis(b, resamples=300)["accuracy"]
+    assert (acc["value"], acc["lo"], acc["hi"], acc["n"]) == (round(want.value, 1), want.lo, want.hi, len(b))
+    score = rep["cells"]["tuna"]["LMentry score [full]"]
+    assert score["lo"] is None and score["n"] == len(b)  # no interval on the score (biased under resampling)
+    d = rep["deltas"]["tuna"]["LMentry acc. [full]"]
+    wd = stats.lmentry_paired(b, a, resamples=300)["accuracy"]
+    assert (d["value"], d["lo"], d["hi"]) == (wd.value, wd.lo, wd.hi) and d["lo"] > 0
+    md = (out / "main.md").read_text()
+    assert f"{wd.value:+.1f} [{wd.lo:+.1f}, {wd.hi:+.1f}]*" in md
