@@ -23,7 +23,7 @@ import json
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -315,6 +315,15 @@ def _grid(results: list[dict[str, Any]], row_of: Any, drop: tuple[str, ...] = ()
         for e in entries(r, drop):
             grid[row][e.column] = e
     cols = sorted({c for cells in grid.values() for c in cells}, key=Column.sort_key)
+    # two protocols whose labels read the same (they differ in a field a label does not show, e.g. a template's
+    # digest): the protocol key goes into the header, so their numbers still never share a column
+    titles = defaultdict(set)
+    for c in cols:
+        titles[c.title].add(c.key)
+    rename = {c: replace(c, label=f"{c.label}, protocol {c.key[:6]}") for c in cols if len(titles[c.title]) > 1}
+    if rename:
+        grid = defaultdict(dict, {row: {rename.get(c, c): e for c, e in cs.items()} for row, cs in grid.items()})
+        cols = sorted({c for cells in grid.values() for c in cells}, key=Column.sort_key)
     return dict(grid), cols
 
 
