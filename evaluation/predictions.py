@@ -198,7 +198,7 @@ def generate_cached(
     desc: str = "generate",
 ) -> dict[str, dict[str, Any]]:
     """Predictions for ``items`` (each ``{"id", "prompt", ...}``), appended to ``path`` chunk by chunk (greedy
-    unless ``gen.temperature`` > 0, then seeded per chunk).
+    unless ``gen.temperature`` > 0, then sampled with seed 0).
 
     Items whose id is already in ``path`` are not generated again; the others are first checked against
     ``budget`` (every prompt must fit the context with its new tokens). ``generator`` overrides the student built
