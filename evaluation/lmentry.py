@@ -1,13 +1,19 @@
 """LMentry (Efrat et al.): 25 core tasks + 16 argument-content subsets, zero-shot, regex scorers.
 
-Aggregation follows ``lmentry/analysis/{accuracy,robustness,lmentry_score}.py``:
+Aggregation is ``lmentry/analysis/{accuracy,robustness,lmentry_score}.py`` (aviaefrat/lmentry @ 463763d), rounding
+included:
 
-* task accuracy = correct / examples (x100, rounded to 2 decimals), per-template accuracy rounded to 1;
-  model accuracy = mean over the 25 core tasks;
-* robustness aspect = mean over its items of ``100 - max pairwise |accuracy difference|``:
-  argument order (answer as 1st vs 2nd argument; 7 tasks), argument content (6 groups of subset files),
-  template (3 templates, 25 tasks), adjacent tasks (17 pairs); robustness = mean of the 4 aspects;
-* LMentry score = accuracy x robustness / 100.
+* task accuracy = ``round(correct / examples * 100, 2)``; per-template accuracy ``round(.., 1)``; accuracy when the
+  answer is the 1st / 2nd argument ``round(.., 2)`` (0 when none of them is correct);
+* model accuracy = the mean of the 25 (rounded) task accuracies, not rounded;
+* robustness aspect = the mean over its items of ``100 - max pairwise |accuracy difference|``, not rounded:
+  argument order (7 tasks), argument content (6 groups of subset files), template (3 templates, 25 tasks),
+  adjacent tasks (17 pairs); robustness = ``np.mean(aspects).round(1)``;
+* LMentry score = ``round(accuracy * (robustness / 100), 1)``; accuracy is reported as ``round(accuracy, 1)`` too
+  (the unrounded mean is kept as ``accuracy_unrounded``).
+
+:func:`aggregate` works on arrays with a leading batch axis, so the bootstrap in :mod:`evaluation.stats`
+recomputes the whole aggregate on resampled counts with this same code.
 
 With ``limit`` (examples per task, spread evenly over the 3 templates) accuracies are over the evaluated
 examples only, so every number, robustness above all, is an approximation of the full-benchmark value;
@@ -21,11 +27,14 @@ import json
 import math
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from evaluation.lmentry_scorers import CORE_TASKS, base_task, score
+import numpy as np
+
+from evaluation.lmentry_scorers import CORE_TASKS, score
 from tuna.errors import TunaError
 
 ARGUMENT_ORDER_TASKS = ["more_letters", "less_letters", "first_alphabetically", "rhyming_word", "homophones", "bigger_number", "smaller_number"]
@@ -80,78 +89,158 @@ def select_examples(task_data: dict[str, Any], limit: int | None) -> list[tuple[
 
 
 def robustness_func(accs: list[float]) -> float:
+    """upstream ``robustness_func``: 100 minus the largest pairwise absolute difference."""
     return 100 - max((abs(a - b) for a, b in combinations(accs, 2)), default=0.0)
 
 
-def task_metrics(task: str, scored: list[tuple[dict[str, Any], int, int]]) -> dict[str, Any]:
-    """``scored``: (example, score, certainty) triples for one task."""
-    per_t: dict[int, list[int]] = defaultdict(list)
-    idx: dict[int, list[int]] = defaultdict(list)
-    for ex, s, _ in scored:
-        md = ex["metadata"]
-        per_t[md["template_id"]].append(s)
-        if "answer_index" in md and md["answer_index"] in (0, 1):
-            idx[md["answer_index"]].append(s)
-    n = len(scored)
-    n1 = sum(s for _, s, _ in scored)
-    cert = sum(c for _, _, c in scored)
-    out: dict[str, Any] = {
-        "n": n,
-        "accuracy": round(100 * n1 / n, 2) if n else 0.0,
-        "certainty": round(100 * cert / n, 2) if n else 0.0,
-        "templates": {str(t): round(100 * sum(v) / len(v), 1) for t, v in sorted(per_t.items())},
-    }
-    if base_task(task) in ARGUMENT_ORDER_TASKS and task == base_task(task):
-        # upstream: 0 when no example of that index is correct, else correct / count
-        out["answer_index"] = {str(i): round(100 * (sum(idx[i]) / len(idx[i]) if sum(idx.get(i, [])) else 0.0), 2) for i in (0, 1)}
+# ----------------------------------------------------------------------------------- counts -> accuracies
+
+
+def _py_round(values: Any, digits: int) -> np.ndarray:
+    """Python's ``round`` on every element (upstream rounds Python floats; ``np.round`` differs on some halves)."""
+    arr = np.asarray(values, dtype=float)
+    return np.vectorize(lambda v: round(float(v), digits), otypes=[float])(arr) if arr.size else arr
+
+
+def _rate(correct: Any, total: Any, digits: int) -> np.ndarray:
+    """``round(correct / total * 100, digits)`` elementwise, as upstream writes it; 0 where nothing is correct."""
+    c, n = np.asarray(correct, dtype=float), np.asarray(total, dtype=float)
+    safe = np.where(n > 0, n, 1.0)
+    return _py_round(np.where(c > 0, c / safe * 100, 0.0), digits)
+
+
+@dataclass
+class TaskCounts:
+    """Counts of one task's examples, with a leading batch axis (1 for the point estimate, B for a bootstrap)."""
+
+    template_n: np.ndarray
+    """(B, templates) examples per template."""
+    template_correct: np.ndarray
+    """(B, templates) correct examples per template."""
+    index_n: np.ndarray | None = None
+    """(B, 2) examples whose answer is the 1st / 2nd argument (argument-order tasks only)."""
+    index_correct: np.ndarray | None = None
+
+
+def task_accuracies(counts: dict[str, TaskCounts]) -> dict[str, dict[str, np.ndarray]]:
+    """upstream ``get_accuracy_and_certainty`` / ``get_simple_answer_index_bias`` on counts: task accuracy
+    (2 decimals), per-template accuracies (1 decimal), accuracy per answer index (2 decimals)."""
+    out = {}
+    for task, c in counts.items():
+        acc = {"accuracy": _rate(c.template_correct.sum(1), c.template_n.sum(1), 2),
+               "templates": _rate(c.template_correct, c.template_n, 1)}
+        if c.index_n is not None:
+            acc["answer_index"] = _rate(c.index_correct, c.index_n, 2)
+        out[task] = acc
     return out
 
 
-def aggregate(per_task: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    acc = [per_task[t]["accuracy"] for t in CORE_TASKS if t in per_task]
-    aspects: dict[str, float | None] = {}
-    items: dict[str, dict[str, float]] = {}
+def _robustness(accs: np.ndarray) -> np.ndarray:
+    """``robustness_func`` over the last axis: the largest pairwise |difference| is max - min (same float)."""
+    return 100 - (accs.max(-1) - accs.min(-1))
 
-    order = {t: robustness_func(list(per_task[t]["answer_index"].values())) for t in ARGUMENT_ORDER_TASKS if t in per_task}
-    content = {}
-    for t, subs in ARGUMENT_CONTENT_GROUPS.items():
-        names = [f"{t}_{s}" for s in subs]
-        if all(n in per_task for n in names):
-            content[t] = robustness_func([per_task[n]["accuracy"] for n in names])
-    template = {t: robustness_func(list(per_task[t]["templates"].values())) for t in CORE_TASKS if t in per_task}
-    adjacent = {f"{a}/{b}": robustness_func([per_task[a]["accuracy"], per_task[b]["accuracy"]]) for a, b in ADJACENT_PAIRS if a in per_task and b in per_task}
-    for name, vals, full in (
-        ("argument_order", order, len(ARGUMENT_ORDER_TASKS)),
-        ("argument_content", content, len(ARGUMENT_CONTENT_GROUPS)),
-        ("template", template, len(CORE_TASKS)),
-        ("adjacent_tasks", adjacent, len(ADJACENT_PAIRS)),
-    ):
-        items[name] = {k: round(v, 2) for k, v in vals.items()}
-        aspects[name] = round(sum(vals.values()) / len(vals), 2) if len(vals) == full else None
-    complete = all(v is not None for v in aspects.values()) and len(acc) == len(CORE_TASKS)
-    accuracy = sum(acc) / len(acc) if acc else 0.0
-    robustness = round(sum(aspects.values()) / 4, 1) if complete else None  # type: ignore[arg-type]
+
+def aggregate(acc: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The LMentry score from per-task accuracies (:func:`task_accuracies`), batched over the leading axis.
+
+    Returns arrays of shape (B,): ``accuracy_unrounded``, ``accuracy``, ``robustness``, ``lmentry_score`` (nan
+    when a robustness item is missing), ``robustness_aspects`` {aspect: (B,) | None}, ``robustness_items``
+    {aspect: {item: (B,)}} and ``complete``."""
+    core = [t for t in CORE_TASKS if t in acc]
+    items: dict[str, dict[str, np.ndarray]] = {
+        "argument_order": {t: _robustness(acc[t]["answer_index"]) for t in ARGUMENT_ORDER_TASKS
+                           if t in acc and "answer_index" in acc[t]},
+        "argument_content": {t: _robustness(np.stack([acc[f"{t}_{s}"]["accuracy"] for s in subs], -1))
+                             for t, subs in ARGUMENT_CONTENT_GROUPS.items() if all(f"{t}_{s}" in acc for s in subs)},
+        "template": {t: _robustness(acc[t]["templates"]) for t in core},
+        "adjacent_tasks": {f"{a}/{b}": _robustness(np.stack([acc[a]["accuracy"], acc[b]["accuracy"]], -1))
+                           for a, b in ADJACENT_PAIRS if a in acc and b in acc},
+    }
+    full = {"argument_order": len(ARGUMENT_ORDER_TASKS), "argument_content": len(ARGUMENT_CONTENT_GROUPS),
+            "template": len(CORE_TASKS), "adjacent_tasks": len(ADJACENT_PAIRS)}
+    # upstream: np.mean over each aspect's items (unrounded), np.mean over the aspects, .round(1)
+    aspects = {k: np.mean(np.stack(list(v.values()), -1), axis=-1) if len(v) == full[k] else None for k, v in items.items()}
+    complete = all(v is not None for v in aspects.values()) and len(core) == len(CORE_TASKS)
+    accuracy = np.mean(np.stack([acc[t]["accuracy"] for t in core], -1), axis=-1) if core else np.zeros(1)
+    if complete:
+        robustness = np.mean(np.stack(list(aspects.values()), -1), axis=-1).round(1)
+        score = np.round(accuracy * (robustness / 100), 1)
+    else:
+        robustness = score = np.full(accuracy.shape, np.nan)
+    return {"accuracy_unrounded": accuracy, "accuracy": np.round(accuracy, 1), "robustness": robustness,
+            "lmentry_score": score, "robustness_aspects": aspects, "robustness_items": items, "complete": complete}
+
+
+def counts_from_items(items: list[dict[str, Any]]) -> dict[str, TaskCounts]:
+    """Per-task counts (batch size 1) from scored examples ``{task, template_id, answer_index, score}``."""
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for it in items:
+        by_task[it["task"]].append(it)
+    out = {}
+    for task, rows in by_task.items():
+        k = 1 + max(int(r["template_id"]) for r in rows)
+        tn, tc = np.zeros((1, k)), np.zeros((1, k))
+        for r in rows:
+            tn[0, int(r["template_id"])] += 1
+            tc[0, int(r["template_id"])] += r["score"]
+        c = TaskCounts(tn, tc)
+        if task in ARGUMENT_ORDER_TASKS:
+            c.index_n, c.index_correct = np.zeros((1, 2)), np.zeros((1, 2))
+            for r in rows:
+                if r.get("answer_index") in (0, 1):
+                    c.index_n[0, r["answer_index"]] += 1
+                    c.index_correct[0, r["answer_index"]] += r["score"]
+        out[task] = c
+    return out
+
+
+def summarize(agg: dict[str, Any], i: int = 0) -> dict[str, Any]:
+    """Row ``i`` of a batched :func:`aggregate` as plain JSON numbers (None where not defined)."""
+
+    def num(x: np.ndarray) -> float | None:
+        v = float(x[i])
+        return None if math.isnan(v) else v
+
     return {
-        "accuracy": round(accuracy, 2),
-        "robustness": robustness,
-        "lmentry_score": round(accuracy * robustness / 100, 2) if robustness is not None else None,
-        "robustness_aspects": aspects,
-        "robustness_items": items,
-        "complete": complete,
+        "accuracy": num(agg["accuracy"]),
+        "accuracy_unrounded": num(agg["accuracy_unrounded"]),
+        "robustness": num(agg["robustness"]),
+        "lmentry_score": num(agg["lmentry_score"]),
+        "robustness_aspects": {k: (None if v is None else num(v)) for k, v in agg["robustness_aspects"].items()},
+        "robustness_items": {k: {n: num(v) for n, v in d.items()} for k, d in agg["robustness_items"].items()},
+        "complete": agg["complete"],
     }
 
 
 def score_rows(tasks: dict[str, Any], rows: dict[str, dict[str, Any]], *, truncate: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``rows``: ``{"<task>/<example id>": {"prediction": ...}}`` -> (metrics, per-example scores)."""
-    by_task: dict[str, list[tuple[dict[str, Any], int, int]]] = defaultdict(list)
-    scored_rows = []
+    """``rows``: ``{"<task>/<example id>": {"prediction": ...}}`` -> (metrics, per-example scores).
+
+    The per-example rows carry what the bootstrap needs to recompute the aggregate: task, template and answer
+    index (``null`` where the example has none)."""
+    scored = []
     for key, row in rows.items():
         task, eid = key.split("/", 1)
         ex = tasks[task]["examples"][eid]
+        md = ex["metadata"]
         s, c = score(task, row.get("prediction") or "", ex, truncate=truncate)
-        by_task[task].append((ex, s, c))
-        scored_rows.append({"id": key, "score": s, "certainty": c})
-    per_task = {t: task_metrics(t, v) for t, v in by_task.items()}
-    metrics = aggregate(per_task)
-    metrics["per_task"] = {t: per_task[t] for t in [*CORE_TASKS, *SUBSET_TASKS] if t in per_task}
-    return metrics, scored_rows
+        ai = md.get("answer_index")
+        scored.append({"id": key, "task": task, "template_id": md["template_id"],
+                       "answer_index": ai if ai in (0, 1) else None, "score": s, "certainty": c})
+    counts = counts_from_items(scored)
+    acc = task_accuracies(counts)
+    metrics = summarize(aggregate(acc))
+    certain: dict[str, int] = defaultdict(int)
+    for r in scored:
+        certain[r["task"]] += r["certainty"]
+    per_task = {}
+    for t in [*CORE_TASKS, *SUBSET_TASKS]:
+        if t not in acc:
+            continue
+        n = int(counts[t].template_n.sum())
+        per_task[t] = {"n": n, "accuracy": float(acc[t]["accuracy"][0]),
+                       "certainty": round(certain[t] / n * 100, 2) if n else 0.0,
+                       "templates": {str(j): float(v) for j, v in enumerate(acc[t]["templates"][0])}}
+        if "answer_index" in acc[t]:
+            per_task[t]["answer_index"] = {str(j): float(v) for j, v in enumerate(acc[t]["answer_index"][0])}
+    metrics["per_task"] = per_task
+    return metrics, scored

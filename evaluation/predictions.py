@@ -50,22 +50,47 @@ def run_dir(out_root: str | os.PathLike, benchmark: str, model: str, settings: d
 
 @dataclass
 class GenerationSettings:
-    """How the student generates (part of the settings hash, except ``batch_size``/``device``)."""
+    """How the student generates (part of the settings hash, except ``batch_size``/``device``/``tokenizer``)."""
 
     backend: str = "hf"
+    """hf | openai | vllm (resolved from ``auto`` by :func:`resolve_backend`)."""
     template: str = "alpaca"
     max_new_tokens: int = 128
     batch_size: int = 8
     dtype: str = "float32"
     device: str = "cpu"
     base_url: str | None = None
+    temperature: float = 0.0
+    """0 = greedy (every benchmark's default here)."""
+    tokenizer: str | None = None
+    """The model's tokenizer when ``model`` does not name one (an OpenAI-compatible server's model name)."""
+    max_model_len: int | None = None
+    """The context window prompts must fit in with their new tokens (None: the model config's)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def hashed(self) -> dict[str, Any]:
-        return {"backend": self.backend, "template": self.template, "max_new_tokens": self.max_new_tokens, "dtype": self.dtype}
+        out: dict[str, Any] = {"backend": self.backend, "template": self.template, "max_new_tokens": self.max_new_tokens,
+                               "dtype": self.dtype}
+        if self.temperature > 0:  # only when set, so greedy runs keep the hashes they had
+            out["temperature"] = self.temperature
+        return out
+
+    def decoding(self) -> dict[str, Any]:
+        """The decoding settings as the protocol records them."""
+        return {"decoding": "greedy" if self.temperature <= 0 else f"sampling T={self.temperature}",
+                "max_new_tokens": self.max_new_tokens}
 
 
-def render(texts: Sequence[str], template: str, model: str) -> list[str]:
+def resolve_backend(backend: str, device: str) -> str:
+    """``auto``: vLLM's engine on a GPU where vLLM is installed, else batched HF generation."""
+    if backend != "auto":
+        return backend
+    import importlib.util
+
+    return "vllm" if device.startswith("cuda") and importlib.util.find_spec("vllm") is not None else "hf"
+
+
+def render(texts: Sequence[str], template: str, model: str, tokenizer: Any = None) -> list[str]:
     """Wrap benchmark inputs in the student's prompt template (alpaca | chat | raw)."""
     from tuna.prompts import render_prompt
 
@@ -73,11 +98,75 @@ def render(texts: Sequence[str], template: str, model: str) -> list[str]:
     if template == "chat":
         from tuna.models import load_tokenizer
 
-        tok = load_tokenizer(model)
+        tok = tokenizer if tokenizer is not None else load_tokenizer(model)
     try:
         return [render_prompt(t, template=template, tokenizer=tok) for t in texts]  # type: ignore[arg-type]
     except ValueError as e:
         raise TunaError(str(e), field="template") from None
+
+
+def context_length(ref: str) -> int | None:
+    """The context window of a model's config (max_position_embeddings and its aliases; None when unknown)."""
+    from tuna.models import TINY_NAME, resolve
+
+    if ref == TINY_NAME:
+        return 2048  # tuna.models.tiny_model
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(resolve(ref))
+    except Exception:  # noqa: BLE001 - unknown is an answer: the caller asks for max_model_len
+        return None
+    for c in (cfg, getattr(cfg, "text_config", None)):
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+            v = getattr(c, attr, None) if c is not None else None
+            if isinstance(v, int) and v > 0:
+                return v
+    return None
+
+
+@dataclass
+class PromptBudget:
+    """The model's tokenizer and context window: every prompt plus its new tokens must fit, whatever the backend
+    (vLLM and OpenAI-compatible servers reject longer prompts; HF generation would run past its positions)."""
+
+    tokenizer: Any
+    context: int
+    model: str
+
+    def count(self, prompt: str) -> int:
+        # as the generators encode: the tokenizer's BOS unless the rendered prompt already starts with it
+        bos = getattr(self.tokenizer, "bos_token", None)
+        add = not (bos and prompt.startswith(bos))
+        return len(self.tokenizer(prompt, add_special_tokens=add)["input_ids"])
+
+    def check(self, items: list[dict[str, Any]], max_new_tokens: int, desc: str) -> int:
+        """Raises on the first item whose prompt does not fit; returns the longest prompt (tokens)."""
+        longest = 0
+        for it in items:
+            n = self.count(it["prompt"])
+            longest = max(longest, n)
+            if n + max_new_tokens > self.context:
+                raise TunaError(f"{desc} item {it['id']}: prompt {n} tokens + {max_new_tokens} new tokens > the "
+                                f"{self.context}-token context of {self.model} (lower max_new_tokens or the source length, "
+                                f"or set max_model_len if the server allows more)", field="max_model_len")
+        return longest
+
+
+def prompt_budget(model: str, gen: GenerationSettings) -> PromptBudget:
+    """The tokenizer (``gen.tokenizer`` or the model's) and context window (``gen.max_model_len`` or the config's)."""
+    from tuna.models import load_tokenizer
+
+    ref = gen.tokenizer or model
+    try:
+        tok = load_tokenizer(ref)
+    except TunaError as e:
+        raise TunaError(f"backend {gen.backend}: need the model's tokenizer to truncate sources and check that prompts fit; "
+                        f"{e} (pass --tokenizer with a folder or hub id holding it)", field="tokenizer") from None
+    ctx = gen.max_model_len or context_length(ref)
+    if not ctx:
+        raise TunaError(f"the context window of {ref} is unknown: pass --max_model_len", field="max_model_len")
+    return PromptBudget(tok, int(ctx), model)
 
 
 def make_student(model: str, gen: GenerationSettings) -> Any:
@@ -92,6 +181,8 @@ def make_student(model: str, gen: GenerationSettings) -> Any:
         kwargs.setdefault("mode", "completions")
     elif gen.backend == "vllm":
         kwargs["dtype"] = gen.dtype
+        if gen.max_model_len:
+            kwargs["max_model_len"] = gen.max_model_len
     return make_generator(gen.backend, model, **kwargs)
 
 
@@ -102,18 +193,23 @@ def generate_cached(
     model: str,
     gen: GenerationSettings,
     generator: Any = None,
+    budget: PromptBudget | None = None,
     chunk: int = 32,
     desc: str = "generate",
 ) -> dict[str, dict[str, Any]]:
-    """Greedy predictions for ``items`` (each ``{"id", "prompt", ...}``), appended to ``path`` chunk by chunk.
+    """Predictions for ``items`` (each ``{"id", "prompt", ...}``), appended to ``path`` chunk by chunk (greedy
+    unless ``gen.temperature`` > 0, then sampled with seed 0).
 
-    Items whose id is already in ``path`` are not generated again. ``generator`` overrides the student built
+    Items whose id is already in ``path`` are not generated again; the others are first checked against
+    ``budget`` (every prompt must fit the context with its new tokens). ``generator`` overrides the student built
     from ``model``/``gen`` (tests pass a stub). Returns ``{id: row}`` for every item."""
     from tuna.feedback.generators import SamplingParams
 
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=gen.max_new_tokens, seed=0)
+    params = SamplingParams(n=1, temperature=gen.temperature, max_new_tokens=gen.max_new_tokens, seed=0)
     with JsonlAppender(path) as out:
         todo = [it for it in items if str(it["id"]) not in out.done_ids]
+        if todo and budget is not None:
+            budget.check(todo, gen.max_new_tokens, desc)
         if todo:
             log.info("%s: %d of %d items to generate (%d cached) -> %s", desc, len(todo), len(items), len(items) - len(todo), path)
             if generator is None:

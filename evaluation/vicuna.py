@@ -4,14 +4,18 @@
   math prompt, anything else -> general), as ``eval_gpt_review.py`` did; temperature/max_tokens from its
   metadata (0.2 / 1024). The user message is ``prompt_template.format(question, answer_1, answer_2, prompt)``
   with the prompt's system message.
-* Both orders are judged (model as Assistant 1, then as Assistant 2) to cancel position bias.
+* Review order (``orders``): ``single`` (the default) is the 2023 protocol: one review per question, the opponent
+  as Assistant 1 and the model as Assistant 2, as ``eval_gpt_review.py -a opponent.jsonl model.jsonl`` wrote
+  FastChat's shipped ``review_<opponent>_<model>.jsonl`` files. ``both`` adds the review with the answers swapped
+  and reports the position-bias-controlled result beside the single-order one.
 * Parsing: the first line of the review, commas turned into spaces, two numbers. ``strict`` is the original
   (``line.split(' ')`` must give exactly two parts, so "8, 7" fails there); ``lenient`` (default) splits on any
   white space, strips brackets (the math prompt asks for a Python tuple) and accepts a first line such as
   "Assistant 1: 8/10, Assistant 2: 7/10". A review that does not parse is recorded as an error (never -1).
-* Combining the orders: the model's two scores are summed and compared with the opponent's two: higher = win,
-  equal = tie, lower = lose. A question with an error in either order counts in ``errors`` and in none of
-  win/tie/lose. Per-order outcomes and the order-consistency rate are reported too.
+* Outcome: single order: the model's score against the opponent's (higher = win, equal = tie, lower = lose).
+  Both orders: the model's two scores are summed and compared with the opponent's two; a question with an error
+  in either order counts in ``errors`` and in none of win/tie/lose. Per-order outcomes and the order-consistency
+  rate are reported too.
 """
 
 from __future__ import annotations
@@ -146,74 +150,102 @@ def resolve_opponent(opponent: str, data_dir: str | os.PathLike) -> tuple[str, d
     raise TunaError(f"unknown opponent {opponent!r}: not a file, run directory or one of {', '.join(sorted(table))}", field="opponent")
 
 
-def judge_requests(questions: list[dict[str, Any]], mine: dict[int, str], theirs: dict[int, str], reviewers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Two requests per question: order "AB" (model is Assistant 1) and "BA" (model is Assistant 2)."""
+ORDERS = {"single": ("BA",), "both": ("AB", "BA")}
+"""Review orders per question: "AB" = the model is Assistant 1, "BA" = the model is Assistant 2 (FastChat 2023)."""
+
+
+def judge_requests(questions: list[dict[str, Any]], mine: dict[int, str], theirs: dict[int, str], reviewers: dict[str, dict[str, Any]],
+                   orders: str = "single") -> list[dict[str, Any]]:
+    """One request per question and order of ``ORDERS[orders]``."""
+    if orders not in ORDERS:
+        raise TunaError(f"orders must be single | both, got {orders!r}", field="orders")
     out = []
     for q in questions:
         qid = int(q["question_id"])
         if qid not in mine or qid not in theirs:
             continue
         rv = reviewer_for(q.get("category", ""), reviewers)
-        for order in ("AB", "BA"):
+        for order in ORDERS[orders]:
             a1, a2 = (mine[qid], theirs[qid]) if order == "AB" else (theirs[qid], mine[qid])
             out.append({"question_id": qid, "category": q.get("category", ""), "order": order, "reviewer_id": rv["reviewer_id"],
                         "messages": review_messages(q["text"], a1, a2, rv), "temperature": rv["temperature"], "max_tokens": rv["max_tokens"]})
     return out
 
 
-def combine(judgments: list[dict[str, Any]]) -> dict[str, Any]:
-    """``judgments``: ``{question_id, category, order, scores: [s1, s2] | None}``. See module doc for the rule."""
+def _outcome(m: float, t: float) -> str:
+    return "win" if m > t else "lose" if m < t else "tie"
+
+
+def _model_opp(order: str, s: list[float]) -> tuple[float, float]:
+    return (s[0], s[1]) if order == "AB" else (s[1], s[0])
+
+
+def _tally(results: list[dict[str, Any]], scores: dict[int, tuple[float, float]]) -> dict[str, Any]:
+    """W/T/L/error totals, rates and per category from per-question ``{question_id, category, result}``."""
+    total = {"win": 0, "tie": 0, "lose": 0, "error": 0}
+    per_cat: dict[str, dict[str, int]] = defaultdict(lambda: {"win": 0, "tie": 0, "lose": 0, "error": 0})
+    for r in results:
+        total[r["result"]] += 1
+        per_cat[r["category"]][r["result"]] += 1
+    decided = total["win"] + total["tie"] + total["lose"]
+    n_scored = len(scores)
+    return {
+        **total,
+        "n": len(results),
+        "win_rate": round(100 * total["win"] / decided, 2) if decided else None,
+        "win_rate_adjusted": round(100 * (total["win"] + 0.5 * total["tie"]) / decided, 2) if decided else None,
+        "mean_score": round(sum(m for m, _ in scores.values()) / n_scored, 3) if n_scored else None,
+        "mean_score_opponent": round(sum(t for _, t in scores.values()) / n_scored, 3) if n_scored else None,
+        "per_category": dict(sorted(per_cat.items())),
+        "per_question": results,
+    }
+
+
+def combine(judgments: list[dict[str, Any]], orders: str = "single") -> dict[str, Any]:
+    """``judgments``: ``{question_id, category, order, scores: [s1, s2] | None}``. See the module doc for the rules.
+
+    The top level is always the single-order (2023) result, from the "BA" reviews; with ``orders="both"``,
+    ``both_orders`` holds the summed two-order result, with ``per_order`` outcomes and ``order_consistency``."""
     by_q: dict[int, dict[str, Any]] = defaultdict(dict)
     cats: dict[int, str] = {}
     for j in judgments:
         by_q[j["question_id"]][j["order"]] = j.get("scores")
         cats[j["question_id"]] = j.get("category", "")
+    single, single_scores = [], {}
+    for qid in sorted(by_q):
+        s = by_q[qid].get("BA")
+        if s is None:
+            single.append({"question_id": qid, "category": cats[qid], "result": "error"})
+            continue
+        m, t = _model_opp("BA", s)
+        single_scores[qid] = (m, t)
+        single.append({"question_id": qid, "category": cats[qid], "result": _outcome(m, t)})
+    out = {**_tally(single, single_scores), "orders": orders}
+    if orders == "single":
+        return out
 
-    def empty() -> dict[str, int]:
-        return {"win": 0, "tie": 0, "lose": 0, "error": 0}
-
-    total, per_cat = empty(), defaultdict(empty)
-    per_order = {"AB": empty(), "BA": empty()}
-    consistent = both = 0
-    sum_m = sum_o = 0.0
-    n_scored = 0
-    per_question = []
+    per_order = {o: {"win": 0, "tie": 0, "lose": 0, "error": 0} for o in ("AB", "BA")}
+    both, both_scores = [], {}
+    consistent = decided_both = 0
     for qid in sorted(by_q):
         o = by_q[qid]
         outcomes = {}
         for order in ("AB", "BA"):
-            s = o.get(order)
-            if s is None:
+            if o.get(order) is None:
                 per_order[order]["error"] += 1
                 continue
-            m, t = (s[0], s[1]) if order == "AB" else (s[1], s[0])
-            r = "win" if m > t else "lose" if m < t else "tie"
-            per_order[order][r] += 1
-            outcomes[order] = r
-        if o.get("AB") is None or o.get("BA") is None:
-            res = "error"
-        else:
-            m = o["AB"][0] + o["BA"][1]
-            t = o["AB"][1] + o["BA"][0]
-            sum_m += m / 2
-            sum_o += t / 2
-            n_scored += 1
-            res = "win" if m > t else "lose" if m < t else "tie"
-            both += 1
-            consistent += outcomes["AB"] == outcomes["BA"]
-        total[res] += 1
-        per_cat[cats[qid]][res] += 1
-        per_question.append({"question_id": qid, "category": cats[qid], "result": res})
-    decided = total["win"] + total["tie"] + total["lose"]
-    return {
-        **total,
-        "n": len(by_q),
-        "win_rate": round(100 * total["win"] / decided, 2) if decided else None,
-        "win_rate_adjusted": round(100 * (total["win"] + 0.5 * total["tie"]) / decided, 2) if decided else None,
-        "mean_score": round(sum_m / n_scored, 3) if n_scored else None,
-        "mean_score_opponent": round(sum_o / n_scored, 3) if n_scored else None,
-        "order_consistency": round(100 * consistent / both, 2) if both else None,
-        "per_order": per_order,
-        "per_category": dict(sorted(per_cat.items())),
-        "per_question": per_question,
-    }
+            outcomes[order] = _outcome(*_model_opp(order, o[order]))
+            per_order[order][outcomes[order]] += 1
+        if len(outcomes) < 2:
+            both.append({"question_id": qid, "category": cats[qid], "result": "error"})
+            continue
+        m = o["AB"][0] + o["BA"][1]
+        t = o["AB"][1] + o["BA"][0]
+        both_scores[qid] = (m / 2, t / 2)
+        both.append({"question_id": qid, "category": cats[qid], "result": _outcome(m, t)})
+        decided_both += 1
+        consistent += outcomes["AB"] == outcomes["BA"]
+    out["both_orders"] = {**_tally(both, both_scores), "per_order": per_order,
+                          "order_consistency": round(100 * consistent / decided_both, 2) if decided_both else None,
+                          "rule": "sum of the model's scores over both orders vs the opponent's; equal = tie; error in either order = error"}
+    return out

@@ -44,6 +44,12 @@ def test_superni_tiny_resume(shared_data, out_root):
     res = json.loads(Path(path).read_text()) | {"_p": path}
     _check_common(res, "superni")
     assert res["metrics"]["n"] == 16 and len(res["metrics"]["per_task"]) == 8
+    proto = res["protocol"]
+    assert proto["label"] == "slice 8 tasks, 16 inst., 2-shot, 4 new tok."  # 2-shot is the default; the slice is named
+    assert proto["fields"]["scope"] == "slice" and proto["fields"]["max_source_length"] == 1024 and proto["truncated_sources"] == 0
+    assert proto["fields"]["template_digest"] and res["run"]["device"] == "cpu"
+    scores = (Path(path).parent / res["item_scores"]["file"]).read_text().splitlines()
+    assert len(scores) == 16 and set(json.loads(scores[0])) >= {"id", "rougeL", "exact_match"}
     preds = Path(path).parent / "predictions.jsonl"
     assert len(preds.read_text().splitlines()) == 16
     before = preds.read_bytes()
@@ -63,18 +69,27 @@ def test_lmentry_tiny(shared_data, out_root):
     m = res["metrics"]
     assert m["approximate"] and len(m["per_task"]) == 41 and set(m["robustness_aspects"]) == {
         "argument_order", "argument_content", "template", "adjacent_tasks"}
+    assert res["protocol"]["label"] == "slice 3/task, approx., 4 new tok." and res["protocol"]["approximate"]
+    rows = [json.loads(x) for x in (Path(path).parent / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == 41 * 3 and all({"task", "template_id", "answer_index", "score"} <= set(r) for r in rows)
 
 
-def test_vicuna_tiny_judge_errors_are_recorded(shared_data, out_root):
+@pytest.mark.parametrize("orders", ["single", "both"])
+def test_vicuna_tiny_judge_errors_are_recorded(shared_data, out_root, orders):
     path = _run("eval", "vicuna", "--model", "tiny-random-llama", "--limit", "2", "--max_new_tokens", "4",
-                "--judge_model", "tiny-random-llama", "--judge_backend", "hf", "--judge_max_tokens", "3",
+                "--judge_model", "tiny-random-llama", "--judge_backend", "hf", "--judge_max_tokens", "3", "--orders", orders,
                 "--data", str(shared_data / "vicuna_qa"), "--out_root", str(out_root))
     res = json.loads(Path(path).read_text())
     m = res["metrics"]
     assert m["n"] == 2 and m["win"] + m["tie"] + m["lose"] + m["error"] == 2
     rows = [json.loads(x) for x in (Path(path).parent / "judgments.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 and {r["order"] for r in rows} == {"AB", "BA"}
+    assert [r["order"] for r in rows] == (["BA", "BA"] if orders == "single" else ["AB", "BA", "AB", "BA"])
     assert all((r["scores"] is None) == (r["error"] is not None) for r in rows)
+    assert ("both_orders" in m) == (orders == "both")
+    f = res["protocol"]["fields"]
+    assert (f["orders"], f["judge_model"], f["questions"], f["opponent"], f["max_new_tokens"]) == (orders, "tiny-random-llama", 2, "gpt35", 4)
+    opp = [json.loads(x) for x in (Path(path).parent / "opponent_answers.jsonl").read_text().splitlines()]
+    assert [o["question_id"] for o in opp] == [1, 2]
 
 
 def test_report_on_runs(out_root, tmp_path):

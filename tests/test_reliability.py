@@ -283,7 +283,7 @@ def _vicuna_answers(path: Path, qids: list[int]) -> None:
 
 
 def _eval_vicuna_args(shared_data: Path, answers: Path, srv: FaultServer, out_root: Path, limit: int) -> list[str]:
-    return ["eval", "vicuna", "--answers", str(answers), "--opponent", "gpt35", "--limit", str(limit),
+    return ["eval", "vicuna", "--answers", str(answers), "--opponent", "gpt35", "--limit", str(limit), "--orders", "both",
             "--judge_model", "fault-judge", "--judge_base_url", srv.base_url, "--judge_api_key_env", KEY_ENV,
             "--judge_timeout", "1.5", "--judge_max_retries", "1", "--judge_concurrency", "4",
             "--data", str(shared_data / "vicuna_qa"), "--out_root", str(out_root)]

@@ -23,48 +23,70 @@ def judge_endpoint(judge: Any):
         yield judge.model, judge.backend, judge.base_url
 
 
-def evaluate_model(bench: str, model: str, label: str, out: Path, ecfg: Any, judge: Any, *, run_name: str) -> dict[str, Any]:
-    """Run one benchmark on one model; copies its results.json to ``out`` (the step's marker)."""
+def run_device(ecfg: Any, trainers: list[Any]) -> str:
+    """Where evaluation runs: ``evaluation.device``, or with ``auto`` the device the run trains on (cuda when a stage
+    trains on a GPU, cpu when they train on the CPU, else cuda when available)."""
+    from tuna.precision import device_type
+
+    if ecfg.device != "auto":
+        return ecfg.device
+    accels = {str(t.accelerator) for t in trainers}
+    if accels & {"gpu", "cuda"}:
+        return "cuda"
+    if accels == {"cpu"}:
+        return "cpu"
+    return device_type("auto")
+
+
+def evaluate_model(bench: str, model: str, label: str, out: Path, ecfg: Any, judge: Any, *, run_name: str,
+                   device: str = "auto") -> dict[str, Any]:
+    """Run one benchmark on one model on ``device``; copies its results.json to ``out`` (the step's marker)."""
     from evaluation import commands as ev
 
     out_root = str(out.parent.parent / "runs")
     tags = {"name": label, "run": run_name}
-    common = dict(template=ecfg.template, batch_size=ecfg.batch_size, dtype="auto", out_root=out_root, tags=tags)
+    common = dict(template=ecfg.template, batch_size=ecfg.batch_size, backend=ecfg.backend, dtype=ecfg.dtype, device=device,
+                  out_root=out_root, tags=tags)
     if bench == "superni":
-        path = ev.eval_superni(model=model, limit=ecfg.superni_limit, max_new_tokens=ecfg.max_new_tokens, **common)
+        path = ev.eval_superni(model=model, data=ecfg.superni_data, limit=ecfg.superni_limit, num_pos_examples=ecfg.superni_num_pos_examples,
+                               max_new_tokens=ecfg.max_new_tokens, **common)
     elif bench == "lmentry":
         path = ev.eval_lmentry(model=model, limit=ecfg.lmentry_limit, max_new_tokens=min(ecfg.max_new_tokens, 50), **common)
     elif bench == "vicuna":
-        with judge_endpoint(judge) as (jmodel, jbackend, jurl):
+        vj = ecfg.vicuna_judge or judge
+        orders = {"orders": ecfg.vicuna_orders} if ecfg.vicuna_orders else {}
+        with judge_endpoint(vj) as (jmodel, jbackend, jurl):
             path = ev.eval_vicuna(model=model, opponent=ecfg.vicuna_opponent, limit=ecfg.vicuna_limit, judge_model=jmodel,
-                                  judge_backend=jbackend, judge_base_url=jurl, judge_api_key_env=judge.api_key_env,
-                                  judge_api_key_file=judge.api_key_file,
-                                  judge_grammar="score_grammar" if judge.uses_grammar else "none",
-                                  judge_concurrency=judge.concurrency, judge_timeout=judge.timeout,
-                                  judge_max_retries=judge.max_retries, max_cost=judge.max_cost,
-                                  price_per_1k_prompt=judge.price_per_1k_prompt,
-                                  price_per_1k_completion=judge.price_per_1k_completion,
-                                  max_new_tokens=ecfg.max_new_tokens * 2, **common)
+                                  judge_backend=jbackend, judge_base_url=jurl, judge_api_key_env=vj.api_key_env,
+                                  judge_api_key_file=vj.api_key_file,
+                                  judge_grammar="score_grammar" if vj.uses_grammar else "none",
+                                  judge_concurrency=vj.concurrency, judge_timeout=vj.timeout,
+                                  judge_max_retries=vj.max_retries, max_cost=vj.max_cost,
+                                  price_per_1k_prompt=vj.price_per_1k_prompt,
+                                  price_per_1k_completion=vj.price_per_1k_completion,
+                                  max_new_tokens=ecfg.vicuna_max_new_tokens or ecfg.max_new_tokens * 2, **orders, **common)
     else:
         raise TunaError(f"unknown benchmark {bench!r} (superni | lmentry | vicuna)", field="evaluation.benchmarks")
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, out)
     res = json.loads(Path(path).read_text())
-    extra: dict[str, Any] = {"metrics": {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float))}}
+    extra: dict[str, Any] = {"metrics": {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float))},
+                             "protocol": res.get("protocol", {}).get("label")}
     if "judge_ledger" in res["metrics"]:
         extra["judge"] = res["metrics"]["judge_ledger"]
     return extra
 
 
 def make_report(eval_dir: Path, results_dir: str, name: str, *, manifest: dict[str, Any] | None = None,
-                ablation: str | None = None, paper: str | None = None) -> dict[str, Any]:
-    """The run's tables and plots into ``results_dir`` (main.md/.tex, PNGs), plus the per-step timings."""
+                ablation: str | None = None, baseline: str | None = None, paper: str | None = None) -> dict[str, Any]:
+    """The run's tables and plots into ``results_dir`` (main.md/.tex, PNGs), every row compared with ``baseline``
+    (the starting student), with the paper's numbers when ``paper`` names a numbers file, plus the per-step timings."""
     from evaluation.report import make_report as build
     from tuna.records import atomic_write_json
 
     if not Path(eval_dir).exists():
         return {}
-    out = build(Path(eval_dir) / "runs", results_dir, paper=paper, ablation=ablation)
+    out = build(Path(eval_dir) / "runs", results_dir, paper=paper, ablation=ablation, baseline=baseline)
     if manifest is not None:
         steps = manifest.get("steps", {})
         atomic_write_json(Path(out) / "timings.json", {k: v.get("wall_s") for k, v in steps.items()})
@@ -84,6 +106,9 @@ def make_sweep_report(runs: list[dict[str, Any]], results_dir: str, name: str) -
         for r in runs:
             for res_path in Path(r["run_dir"], "eval", "runs").rglob("results.json"):
                 res = json.loads(res_path.read_text())
+                spec = res.get("item_scores") or {}
+                if "file" in spec:  # the copy lives elsewhere: point at the run's per-item scores
+                    spec["file"] = str((res_path.parent / spec["file"]).resolve())
                 res.setdefault("tags", {}).update({"run": r["label"], **{k.split(".")[-1]: v for k, v in r["overrides"].items()}})
                 res["tags"]["name"] = f"{res['tags'].get('name', '?')} [{r['label']}]"
                 dest = Path(tmp) / r["label"] / res_path.relative_to(Path(r["run_dir"], "eval", "runs"))

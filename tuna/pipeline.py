@@ -153,20 +153,39 @@ class StageConfig:
 
 @dataclass
 class EvalConfig:
-    """Which benchmarks each model gets, on how much data."""
+    """Which benchmarks each model gets, on how much data, and where. The defaults are the demo's (slices, 0-shot
+    Super-NI, short answers; its tables say so); experiments/pipeline/paper.yaml sets the benchmarks' protocols."""
 
     benchmarks: list[str] = field(default_factory=lambda: ["lmentry", "superni", "vicuna"])
     lmentry_limit: int | None = 3
     """Examples per LMentry task, spread over its 3 templates, so at least 3 (None: all)."""
+    superni_data: str | None = None
+    """None: the shared data's 8-task slice; full: the 119 test tasks (downloaded once into $TUNA_CACHE); or the
+    path of a natural-instructions checkout."""
     superni_limit: int | None = 2
-    """Instances per Super-NI task of the 8-task slice (None: 100)."""
+    """Instances per Super-NI task (None: the official 100)."""
+    superni_num_pos_examples: int = 0
+    """Positive examples in the Super-NI prompt: the demo's 0 keeps CPU prompts short; Tk-Instruct's protocol (and
+    `tuna eval superni`'s default) is 2."""
     vicuna_limit: int | None = 4
-    """Vicuna QA questions (None: all 80); each is reviewed in both orders."""
+    """Vicuna QA questions (None: all 80)."""
     vicuna_opponent: str = "gpt35"
+    vicuna_orders: str | None = None
+    """single | both; None: `tuna eval vicuna`'s default (single, the FastChat 2023 protocol)."""
+    vicuna_judge: JudgeConfig | None = None
+    """The Vicuna QA reviewer (None: the ranking judge, `judge`); the paper config pins a GPT-4 snapshot here."""
     max_new_tokens: int = 48
-    """Answer length for LMentry and Super-NI (at most 50 for LMentry); Vicuna answers get twice this."""
+    """Answer length for Super-NI and LMentry (at most 50 for LMentry); official: 128 and 50."""
+    vicuna_max_new_tokens: int | None = None
+    """Vicuna answer length (None: twice max_new_tokens; FastChat: 1024)."""
     template: str = "alpaca"
     batch_size: int = 16
+    backend: str = "auto"
+    """auto (vLLM on a GPU where installed, else batched HF) | hf | vllm."""
+    device: str = "auto"
+    """auto: the device the run trains on (a GPU run evaluates on the GPU) | cpu | cuda."""
+    dtype: str = "auto"
+    """auto: bf16 where the device computes it natively, else fp32 (fp16 on GPUs without bf16)."""
 
 
 @dataclass
@@ -409,18 +428,22 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         models["tuna_cp"] = train_step("tuna_cp", "prob-rank", cfg.prob_rank, models["tuna_c"], ranked)
 
     # -- evaluation and the tables ------------------------------------------------------------------------
-    from tuna.evaluate_steps import evaluate_model, make_report
+    from tuna.evaluate_steps import evaluate_model, make_report, run_device
 
+    device = run_device(cfg.evaluation, [s.trainer for s in (cfg.sft, cfg.prob_rank, cfg.context_rank) if s is not None])
     for label in cfg.evaluate:
         if label not in models:
             continue
         for bench in cfg.evaluation.benchmarks:
             out = run / "eval" / label / f"{bench}.json"
             man.run(f"eval_{label}_{bench}", {"model": models[label], "model_hash": _model_hash(models[label]),
-                                              "bench": bench, "eval": asdict(cfg.evaluation), "judge": asdict(cfg.judge)},
+                                              "bench": bench, "eval": asdict(cfg.evaluation), "judge": asdict(cfg.judge),
+                                              "device": device},
                     [out], lambda label=label, bench=bench, out=out: evaluate_model(
-                        bench, models[label], label, out, cfg.evaluation, cfg.judge, run_name=cfg.name))
-    tables = make_report(run / "eval", cfg.results_dir, cfg.name, manifest=man.data, paper=cfg.paper_numbers)
+                        bench, models[label], label, out, cfg.evaluation, cfg.judge, run_name=cfg.name, device=device))
+    baseline = "student" if "student" in cfg.evaluate else None
+    tables = make_report(run / "eval", cfg.results_dir, cfg.name, manifest=man.data, baseline=baseline,
+                         paper=cfg.paper_numbers)
     man.data["models"] = models
     man.data["results"] = tables
     man.save()

@@ -110,7 +110,12 @@ def paper_rows_by_label(path: str | None, out: Path) -> str | None:
 def split_table(md: str, prefix: str) -> str | None:
     """The rows of a Markdown table with only its first column and the columns whose header starts with ``prefix``
     (rows renamed to the paper's names); None when no column matches."""
-    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    lines: list[str] = []
+    for ln in md.splitlines():  # the first table only (the report adds a table of differences below it)
+        if ln.startswith("|"):
+            lines.append(ln)
+        elif lines:
+            break
     if len(lines) < 2:
         return None
     cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
