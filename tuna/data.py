@@ -54,7 +54,8 @@ def tokenize_record(
     mode: Literal["rank", "sft"],
     with_gold: bool,
 ) -> dict[str, Any]:
-    """One record → ``prompt_ids`` and ``responses`` (token ids incl. EOS), ``n_rank``, ``gold_slot``."""
+    """One record → ``prompt_ids`` and ``responses`` (token ids incl. EOS), ``n_rank``, ``gold_slot``, and per slot
+    the ranker's ``scores`` and the reference model's ``ref_logps``/``ref_tokens`` (NaN / -1 where absent)."""
     prompt = render_prompt(
         rec["instruction"], rec.get("input") or "", template=cfg.template, tokenizer=tokenizer,
         system_prompt=cfg.system_prompt, prompt=rec.get("prompt"),
@@ -62,6 +63,7 @@ def tokenize_record(
     prompt_ids = tokenizer(prompt, add_special_tokens=not prompt_has_special_tokens(cfg.template) and rec.get("prompt") is None)["input_ids"]
     eos = tokenizer.eos_token_id
     texts: list[str]
+    cands: list[dict[str, Any]] = []
     if mode == "sft":
         if cfg.sft_target == "gold" and rec.get("gold") is not None:
             texts = [rec["gold"]]
@@ -75,6 +77,10 @@ def tokenize_record(
         if with_gold and rec.get("gold") is not None:
             texts.append(rec["gold"])
     responses = [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
+    extra = [{}] * (len(texts) - len(cands))  # the gold slot, or SFT's one slot: never ranked
+    scores = [_float_or_nan(c.get("score")) for c in cands + extra]
+    ref_logps = [_float_or_nan(c.get("ref_logprob")) for c in cands + extra]
+    ref_tokens = [int(c["ref_tokens"]) if c.get("ref_tokens") is not None else -1 for c in cands + extra]
 
     room = cfg.max_length - cfg.min_response_tokens
     truncated = False
@@ -99,7 +105,14 @@ def tokenize_record(
         "gold_slot": n_rank if (mode == "rank" and with_gold and rec.get("gold") is not None) else -1,
         "truncated": truncated,
         "length": len(prompt_ids) + max(len(r) for r in responses),
+        "scores": scores,
+        "ref_logps": ref_logps,
+        "ref_tokens": ref_tokens,
     }
+
+
+def _float_or_nan(v: Any) -> float:
+    return float("nan") if v is None else float(v)
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -126,8 +139,9 @@ def tokenize_records(
 
     datasets.disable_progress_bars()
     rows = [r.model_dump(include={"id", "instruction", "input", "candidates", "gold", "prompt"}) for r in records]
-    for row in rows:
-        row["candidates"] = [{"text": c["text"]} for c in row["candidates"]]
+    for row in rows:  # what tokenize_record reads (and the cache key covers)
+        row["candidates"] = [{"text": c["text"], "score": c["score"], "ref_logprob": c["ref_logprob"],
+                              "ref_tokens": c["ref_tokens"]} for c in row["candidates"]]
     key = _fingerprint(rows, _tokenizer_fingerprint(tokenizer), asdict(cfg) | {"train_file": None, "val_file": None,
                        "batch_size": None, "shuffle": None, "limit": None}, mode, with_gold)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else cache_root() / "datasets"
@@ -157,7 +171,8 @@ def tokenize_records(
 def collate_padded(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     """[B, S, T] right-padded layout: every slot holds prompt + response; prompt and padding labels are -100.
 
-    ``rank_mask [B, S]`` marks ranked candidates, ``gold_mask [B, S]`` the gold slot."""
+    ``rank_mask [B, S]`` marks ranked candidates, ``gold_mask [B, S]`` the gold slot; ``rank_scores [B, S]`` holds
+    the ranker's scores (ties) and ``ref_logps [B, S]`` the reference model's summed log-probs (NaN: absent)."""
     b = len(items)
     s = max(len(it["responses"]) for it in items)
     t = max(len(it["prompt_ids"]) + len(r) for it in items for r in it["responses"])
@@ -166,6 +181,8 @@ def collate_padded(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.
     attn = torch.zeros((b, s, t), dtype=torch.long)
     rank_mask = torch.zeros((b, s), dtype=torch.bool)
     gold_mask = torch.zeros((b, s), dtype=torch.bool)
+    rank_scores = torch.full((b, s), float("nan"), dtype=torch.float32)
+    ref_logps = torch.full((b, s), float("nan"), dtype=torch.float32)
     real = 0
     for i, it in enumerate(items):
         p = it["prompt_ids"]
@@ -176,6 +193,9 @@ def collate_padded(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.
             attn[i, k, : len(seq)] = 1
             real += len(seq)
         rank_mask[i, : it["n_rank"]] = True
+        if it.get("scores") is not None:
+            rank_scores[i, : len(it["scores"])] = torch.tensor(it["scores"], dtype=torch.float32)
+            ref_logps[i, : len(it["ref_logps"])] = torch.tensor(it["ref_logps"], dtype=torch.float32)
         if it["gold_slot"] >= 0:
             gold_mask[i, it["gold_slot"]] = True
     return {
@@ -185,9 +205,49 @@ def collate_padded(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.
         "labels": labels,
         "rank_mask": rank_mask,
         "gold_mask": gold_mask,
+        "rank_scores": rank_scores,
+        "ref_logps": ref_logps,
         "num_real_tokens": torch.tensor(real),
         "num_slot_tokens": torch.tensor(int(sum(len(it["responses"]) for it in items) * t)),
     }
+
+
+def check_required_fields(records: list[Record], require: dict[str, str], path: str, num_candidates: int | None) -> None:
+    """Every candidate the loss sees carries the fields in ``require``; else one line naming file, line and field."""
+    from tuna.records import line_of_id
+
+    for rec in records:
+        for k, cand in enumerate(rec.candidates[: num_candidates or None]):
+            for name, who in require.items():
+                if getattr(cand, name) is None:
+                    if name == "ref_logprob":
+                        how = (f"make them once with `tuna reference --input {path} --model <the model training starts "
+                               f"from> --out {_ref_path(path)}` (same data.template and data.max_length as training)")
+                    else:
+                        how = "rank the candidates with a ranker that writes scores (tuna score, tuna judge)"
+                    raise TunaError(f"{who} needs {name} on every candidate: {how}", path=path,
+                                    line=line_of_id(path, rec.id), field=f"candidates[{k}].{name}")
+
+
+def _ref_path(path: str) -> str:
+    p = Path(path)
+    return str(p.with_name(p.name.removesuffix(".jsonl") + ".ref.jsonl"))
+
+
+def check_reference_tokens(ds: Any, path: str) -> None:
+    """The reference log-probs were scored on exactly the response tokens training scores (same template,
+    tokenizer and truncation): their stored token counts must match."""
+    from tuna.records import line_of_id
+
+    for row in ds.select_columns(["id", "n_rank", "responses", "ref_tokens"]):
+        for k in range(row["n_rank"]):
+            want, have = len(row["responses"][k]), row["ref_tokens"][k]
+            if have != want:
+                msg = (f"the reference log-prob was scored on {have} response tokens, training scores {want}: it was made "
+                       "with other data settings (template, max_length, tokenizer); rerun `tuna reference` with the training's"
+                       if have >= 0 else "missing: the number of response tokens ref_logprob was scored on (`tuna reference` "
+                       "writes it, so that training can check it scores the same tokens)")
+                raise TunaError(msg, path=path, line=line_of_id(path, row["id"]), field=f"candidates[{k}].ref_tokens")
 
 
 class EpochBatchSampler:
@@ -237,9 +297,12 @@ class EpochBatchSampler:
 
 class RankedCandidatesDataModule(L.LightningDataModule):
     def __init__(self, cfg: DataConfig, tokenizer: Any, *, mode: Literal["rank", "sft"] = "rank", with_gold: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, require: dict[str, str] | None = None):
+        """``require``: candidate fields every (used) candidate must carry → who needs them (for the error message),
+        e.g. ``{"ref_logprob": "loss.objective=dpo"}``."""
         super().__init__()
         self.cfg, self.tokenizer, self.mode, self.with_gold, self.seed = cfg, tokenizer, mode, with_gold, seed
+        self.require = dict(require or {})
         self.train_ds = self.val_ds = None
         self._resume: dict[str, int] | None = None
         self._train_sampler: EpochBatchSampler | None = None
@@ -260,7 +323,12 @@ class RankedCandidatesDataModule(L.LightningDataModule):
             if missing:
                 raise TunaError(f"loss.mle_target=gold but {len(missing)} record(s) have no gold (first: {missing[0]})",
                                 path=path, field="gold")
-        return tokenize_records(records, self.tokenizer, self.cfg, mode=self.mode, with_gold=self.with_gold, source=path)
+        if self.mode == "rank":
+            check_required_fields(records, self.require, path, self.cfg.num_candidates)
+        ds = tokenize_records(records, self.tokenizer, self.cfg, mode=self.mode, with_gold=self.with_gold, source=path)
+        if self.mode == "rank" and "ref_logprob" in self.require:
+            check_reference_tokens(ds, path)
+        return ds
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_ds is None:
