@@ -46,7 +46,7 @@ from released_step import released_compute_loss  # noqa: E402
 
 from tuna.data import DataConfig, EpochBatchSampler, collate_padded, tokenize_record  # noqa: E402
 from tuna.forward import response_token_logprobs  # noqa: E402
-from tuna.losses import LossConfig, tuna_loss  # noqa: E402
+from tuna.losses import LossConfig, mle_settings, tuna_loss  # noqa: E402
 from tuna.packing import layout_stats  # noqa: E402
 
 SHARED = Path(os.environ.get("TUNA_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -97,7 +97,7 @@ def make_step(variant: str, model, opt, loss_cfg: LossConfig, bf16: bool):
     def step(batch):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             if variant == "released":
-                loss = released_compute_loss(model, batch, margin=loss_cfg.margin, mle_weight=loss_cfg.mle_weight)
+                loss = released_compute_loss(model, batch, margin=loss_cfg.margin, mle_weight=mle_settings(loss_cfg)[0])
             else:
                 logps, mask = response_token_logprobs(model, batch, mode=variant)
                 loss = tuna_loss(logps, mask, batch["rank_mask"], batch["gold_mask"], loss_cfg).loss
