@@ -385,14 +385,18 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
     def reference_step(name: str, sc: StageConfig, start: str, ranked: Path) -> Path:
         """The starting model's log-probs of the ranked candidates (DPO, IPO), shared by the runs of a sweep."""
+        from tuna.precision import resolve_precision
+
         d = sc.data
+        bf16 = resolve_precision(sc.trainer.precision, sc.trainer.accelerator) == "bf16-mixed"  # as training will run
         inputs = {"ranked": file_hash(ranked), "model": start, "model_hash": _model_hash(start), "mode": sc.model.logprob_mode,
+                  "dtype": sc.model.dtype, "autocast_bf16": bf16,
                   "data": {k: getattr(d, k) for k in ("template", "system_prompt", "max_length", "min_response_tokens", "overlong")}}
         out = shared / f"ref-{config_hash(inputs)}" / "ranked.ref.jsonl"
         man.run(f"reference_{name}", inputs, [out], lambda: fb.reference(
             input=str(ranked), out=str(out), model=start, template=d.template, system_prompt=d.system_prompt,
             max_length=d.max_length, min_response_tokens=d.min_response_tokens, overlong=d.overlong,
-            logprob_mode=sc.model.logprob_mode, batch_size=d.batch_size, dtype=sc.model.dtype) and None,
+            logprob_mode=sc.model.logprob_mode, batch_size=d.batch_size, dtype=sc.model.dtype, autocast_bf16=bf16) and None,
             shared_marker=out.with_suffix(".done"))
         return out
 
