@@ -141,6 +141,15 @@ def test_missing_or_mismatched_reference_is_one_line(tied_ranked, tied_ranked_re
         _train("prob-rank", tied_ranked_ref, tmp_path / "c", "--loss.objective", "dpo", "--trainer.precision", "bf16-true")
     assert "trainer.precision" in capsys.readouterr().err
 
+    unscored = tmp_path / "unscored.jsonl"
+    recs = read_records(tied_ranked)
+    recs[2].candidates[1].score = None
+    write_records(unscored, recs)
+    with pytest.raises(SystemExit):  # PRO's dynamic temperature reads the ranker's scores
+        _train("prob-rank", unscored, tmp_path / "d", "--loss.objective", "pro")
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"tuna: error: {unscored}:3: field 'candidates[1].score': loss.objective=pro needs score"), err
+
 
 def test_pipeline_scores_the_reference_once_for_dpo_and_ipo(shared_data, tmp_path):
     cfg = tiny_pipeline(tmp_path, evaluate=["tuna_p"])

@@ -396,3 +396,19 @@ def test_objective_defaults_and_requirements():
 def test_bad_objective_knobs_are_named(knobs, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         LossConfig(**knobs)
+
+
+def test_records_validate_with_and_without_reference_fields():
+    from tuna.errors import TunaError
+    from tuna.records import parse_record
+
+    base = {"id": "1", "instruction": "x", "ranking": {"by": "teacher"}}
+    plain = parse_record({**base, "candidates": [{"text": "a", "score": 1.0}, {"text": "b", "score": 0.0}]})
+    assert plain.candidates[0].ref_logprob is None
+    ref = parse_record({**base, "candidates": [{"text": "a", "ref_logprob": -12.5, "ref_tokens": 7, "ref_model": "m"}]})
+    assert (ref.candidates[0].ref_logprob, ref.candidates[0].ref_tokens) == (-12.5, 7)
+    assert '"ref_logprob": -12.5' in ref.dump()
+    with pytest.raises(TunaError, match=r"candidates\[0\]\.ref_tokens"):
+        parse_record({**base, "candidates": [{"text": "a", "ref_logprob": -1.0, "ref_tokens": 0}]}, path="f.jsonl", line=3)
+    with pytest.raises(TunaError, match=r"candidates\[0\]\.ref_logprob"):
+        parse_record({**base, "candidates": [{"text": "a", "ref_logprob": float("nan"), "ref_tokens": 2}]})

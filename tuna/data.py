@@ -224,7 +224,8 @@ def check_required_fields(records: list[Record], require: dict[str, str], path: 
                         how = (f"make them once with `tuna reference --input {path} --model <the model training starts "
                                f"from> --out {_ref_path(path)}` (same data.template and data.max_length as training)")
                     else:
-                        how = "rank the candidates with a ranker that writes scores (tuna score, tuna judge)"
+                        how = ("rank the candidates with a ranker that writes scores (tuna score, tuna judge), or give "
+                               "loss.pro_temperature a fixed value")
                     raise TunaError(f"{who} needs {name} on every candidate: {how}", path=path,
                                     line=line_of_id(path, rec.id), field=f"candidates[{k}].{name}")
 
