@@ -109,10 +109,11 @@ def run_training(stage: str, cfg: TrainConfig, *, callbacks: list[Any] | None = 
     module_cls = STAGES[stage]
     loss_cfg = cfg.loss
     if module_cls.data_mode == "sft":
-        loss_cfg = LossConfig(**{**asdict(cfg.loss), "objective": "tuna", "rank_weight": 0.0, "mle_target": "all"})
+        loss_cfg = LossConfig(**{**asdict(cfg.loss), "objective": "tuna", "ties": "ordered", "rank_weight": 0.0,
+                                 "mle_target": "all"})
     required = required_candidate_fields(loss_cfg)
     reads_batch_floats = bool(required) or loss_cfg.ties == "skip"
-    if reads_batch_floats and cfg.trainer.precision in ("bf16-true", "16-true"):
+    if reads_batch_floats and cfg.trainer.precision == "bf16-true":
         # Lightning's *-true precisions cast every floating tensor of a batch, ranker scores and reference log-probs too
         raise TunaError(f"trainer.precision={cfg.trainer.precision} would round the ranker scores and reference log-probs "
                         f"that loss.objective={loss_cfg.objective} (ties={loss_cfg.ties}) reads; use bf16-mixed",
