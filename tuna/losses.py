@@ -283,7 +283,7 @@ def _pair_mean(losses: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
 
 def rrhf_loss(scores: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     """RRHF's ranking term (Yuan et al. 2023, "RRHF: Rank Responses to Align Language Models with Human Feedback
-    without tears", Eq. 2): ``L_rank = Σ_{r_i > r_j} max(0, p_j − p_i)`` with ``p = Σ log π / |y|^β`` (RRHF's
+    without tears"): ``L_rank = Σ_{r_i > r_j} max(0, p_j − p_i)`` with ``p = Σ log π / |y|^β`` (RRHF's
     ``length_penalty``, 1 by default), summed over a record's pairs and averaged over records.
 
     As GanjinZero/RRHF ``train.py`` ``rrhf_loss`` (``aval = (rw_diff > 0) & (diff < 0)``; ``-diff[aval].sum()``, one
@@ -313,7 +313,7 @@ def plackett_luce_loss(scores: torch.Tensor, pairs: torch.Tensor, weights: torch
 
 
 def pro_weights(rank_scores: torch.Tensor, pairs: torch.Tensor, temperature: float | str) -> torch.Tensor:
-    """PRO's logit scales ``w_kj`` (Song et al. 2023, "Preference Ranking Optimization for Human Alignment", Eq. 5–6).
+    """PRO's logit scales ``w_kj`` (Song et al. 2023, "Preference Ranking Optimization for Human Alignment").
 
     ``dynamic``: ``w_kj = r_k − r_j`` (the inverse temperature 1/T_k^j from the ranker's scores r) and
     ``w_kk = max_j w_kj`` over the candidates below k, as AlibabaResearch/DAMO-ConvAI ``PRO/train/utils/
@@ -369,7 +369,7 @@ def ipo_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, lengths: torch
 
 
 def simpo_loss(scores: torch.Tensor, pairs: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
-    """SimPO (Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward", Eq. 6):
+    """SimPO (Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward"):
     ``−log σ(β·(s_i − s_j) − γ)`` with the length-normalised log-likelihood ``s = Σ log π / |y|^β_len`` (the
     average log-prob at the default exponent 1), no reference model, averaged over the batch's pairs. As
     princeton-nlp/SimPO ``simpo_trainer.py`` (``logits = pi_logratios - gamma_beta_ratio``; ``-logsigmoid(beta *
