@@ -59,7 +59,7 @@ from released_step import released_compute_loss  # noqa: E402
 
 from tuna.data import DataConfig, EpochBatchSampler, collate_padded, tokenize_record  # noqa: E402
 from tuna.forward import response_token_logprobs  # noqa: E402
-from tuna.losses import LossConfig, tuna_loss  # noqa: E402
+from tuna.losses import LossConfig, mle_settings, tuna_loss  # noqa: E402
 from tuna.packing import layout_stats, packed_response_logprobs  # noqa: E402
 
 SHARED = Path(os.environ.get("TUNA_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -131,7 +131,7 @@ def make_step(variant: str, model, opt, loss_cfg: LossConfig, bf16: bool, device
     def step(batch):
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             if mode == "released":
-                loss = released_compute_loss(model, batch, margin=loss_cfg.margin, mle_weight=loss_cfg.mle_weight)
+                loss = released_compute_loss(model, batch, margin=loss_cfg.margin, mle_weight=mle_settings(loss_cfg)[0])
             else:
                 if attention:
                     logps, mask = packed_response_logprobs(model, batch, mode=mode, attention=attention)  # type: ignore[arg-type]

@@ -16,6 +16,10 @@ PairReduction = Literal["per_distance_mean", "all_pairs_sum"]
 MleTarget = Literal["all", "best", "gold"]
 MarginScaling = Literal["rank_distance", "constant"]
 LogprobMode = Literal["auto", "full", "chunked", "packed", "prefix_shared"]
+Objective = Literal["tuna", "rrhf", "pro", "listmle", "dpo", "ipo", "simpo"]
+Ties = Literal["ordered", "skip"]
+PairSelection = Literal["all", "adjacent"]
+OBJECTIVE_NAMES = ("tuna", "rrhf", "pro", "listmle", "dpo", "ipo", "simpo")
 
 
 @dataclass
@@ -89,28 +93,65 @@ class TrainerConfig:
 
 @dataclass
 class LossConfig:
-    """Knobs of the Tuna loss (defaults reproduce the released code)."""
+    """The training objective and its knobs (defaults reproduce the released Tuna code; docs/objectives.md)."""
 
+    objective: Objective = "tuna"
+    """tuna (margin hinge + MLE, the paper) | rrhf | pro | listmle | dpo | ipo | simpo (tuna.losses.OBJECTIVES)."""
+    ties: Ties = "ordered"
+    """Candidates with equal ranker scores: ordered (by their position in the file, as the released code's stable
+    sort does) | skip (never compared with each other; see docs/objectives.md for each objective's rule)."""
     margin: float = 0.1
-    """m: the hinge margin per unit of rank distance."""
+    """m: the hinge margin per unit of rank distance (tuna)."""
     margin_scaling: MarginScaling = "rank_distance"
-    """rank_distance: pair (i, j) gets (j-i)·m; constant: every pair gets m."""
+    """rank_distance: pair (i, j) gets (j-i)·m; constant: every pair gets m (tuna)."""
     pair_reduction: PairReduction = "per_distance_mean"
+    """How the tuna hinge averages its pairs (tuna)."""
     beta: float = 1.0
-    """Length-normalisation exponent of the student's score: sum / len**beta."""
-    mle_weight: float = 1.0
-    """λ in L = λ·L_MLE + L_rank."""
-    mle_target: MleTarget = "all"
+    """Length-normalisation exponent of the student's score sum/len**beta (tuna, rrhf, pro, listmle, simpo)."""
+    mle_weight: float | None = None
+    """λ: weight of the MLE (SFT) term. None: the objective's own (tuna 1.0, rrhf 1.0, pro 0.05, others 0)."""
+    mle_target: MleTarget | None = None
+    """all | best | gold: the responses of the MLE term. None: the objective's own (tuna all, others best)."""
     rank_weight: float = 1.0
-    """Weight of the ranking term (0 turns the stage into plain MLE, as SFT)."""
+    """Weight of the ranking/preference term (0 turns the stage into plain MLE, as SFT)."""
+    pairs: PairSelection = "all"
+    """Pairs a ranking implies for the pairwise objectives dpo, ipo, simpo: all (every better/worse pair) |
+    adjacent (neighbouring ranks only)."""
+    dpo_beta: float = 0.1
+    """β of DPO: the scale of the implicit reward β·log(π/π_ref) (dpo)."""
+    ipo_tau: float = 0.1
+    """τ of IPO: the target gap of the length-averaged log-ratio margin is 1/(2τ) (ipo)."""
+    simpo_beta: float = 2.0
+    """β of SimPO: the scale of the length-normalised reward (simpo)."""
+    simpo_gamma: float = 0.5
+    """γ of SimPO: the target reward margin (simpo)."""
+    pro_temperature: float | Literal["dynamic"] = "dynamic"
+    """PRO's temperature: dynamic (PRO's: each step's logits scaled by ranker-score gaps; needs candidate scores) or a
+    fixed T > 0 (logits s/T) (pro)."""
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVE_NAMES:
+            raise ValueError(f"loss.objective must be one of {' | '.join(OBJECTIVE_NAMES)}, got {self.objective!r}")
+        if self.ties not in ("ordered", "skip"):
+            raise ValueError(f"loss.ties must be ordered | skip, got {self.ties!r}")
         if self.pair_reduction not in ("per_distance_mean", "all_pairs_sum"):
             raise ValueError(f"loss.pair_reduction must be per_distance_mean | all_pairs_sum, got {self.pair_reduction!r}")
-        if self.mle_target not in ("all", "best", "gold"):
-            raise ValueError(f"loss.mle_target must be all | best | gold, got {self.mle_target!r}")
+        if self.mle_target not in (None, "all", "best", "gold"):
+            raise ValueError(f"loss.mle_target must be all | best | gold (or null: the objective's own), got {self.mle_target!r}")
         if self.margin_scaling not in ("rank_distance", "constant"):
             raise ValueError(f"loss.margin_scaling must be rank_distance | constant, got {self.margin_scaling!r}")
+        if self.pairs not in ("all", "adjacent"):
+            raise ValueError(f"loss.pairs must be all | adjacent, got {self.pairs!r}")
+        for name in ("dpo_beta", "ipo_tau", "simpo_beta"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"loss.{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.simpo_gamma >= 0:
+            raise ValueError(f"loss.simpo_gamma must be >= 0, got {self.simpo_gamma!r}")
+        if self.mle_weight is not None and not self.mle_weight >= 0:
+            raise ValueError(f"loss.mle_weight must be >= 0 (or null: the objective's own), got {self.mle_weight!r}")
+        t = self.pro_temperature
+        if t != "dynamic" and (isinstance(t, str) or isinstance(t, bool) or not t > 0):
+            raise ValueError(f"loss.pro_temperature must be dynamic or a number > 0, got {t!r}")
 
 
 @dataclass

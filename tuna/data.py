@@ -84,7 +84,8 @@ def tokenize_record(
     mode: Literal["rank", "sft"],
     with_gold: bool,
 ) -> dict[str, Any]:
-    """One record → ``prompt_ids`` and ``responses`` (token ids incl. EOS), ``n_rank``, ``gold_slot``.
+    """One record → ``prompt_ids`` and ``responses`` (token ids incl. EOS), ``n_rank``, ``gold_slot``, and per slot
+    the ranker's ``scores`` and the reference model's ``ref_logps``/``ref_tokens`` (NaN / -1 where absent).
 
     A regulariser row (``rec["regularizer"] == "mle_only"``) has one slot, its gold: ranked (so the MLE term of
     any target but ``gold`` sees it) and never paired, or with ``with_gold`` the gold slot and no ranked slot."""
@@ -97,26 +98,32 @@ def tokenize_record(
     gold = rec.get("gold")
     gold_slot = -1
     texts: list[str]
+    slots: list[dict[str, Any]]  # per slot, the candidate it holds ({}: a gold or SFT slot, no ranker score)
     if mode == "sft":
         texts = [gold] if cfg.sft_target == "gold" and gold is not None else [rec["candidates"][0]["text"]]
+        slots = [{}]
         n_rank = 1
     elif rec.get("regularizer") == "mle_only":
-        texts = [gold]
+        texts, slots = [gold], [{}]
         n_rank, gold_slot = (0, 0) if with_gold else (1, -1)
     else:
         cands = rec["candidates"][: cfg.num_candidates] if cfg.num_candidates else rec["candidates"]
-        texts = [c["text"] for c in cands]
+        texts, slots = [c["text"] for c in cands], list(cands)
         if cfg.regularizer == "top_candidate" and gold is not None and not rec.get("regularizer"):
-            texts = [gold, *texts]
+            texts, slots = [gold, *texts], [{}, *slots]
         n_rank = len(texts)
         if with_gold and gold is not None:
             texts.append(gold)
+            slots.append({})
             gold_slot = n_rank
     responses, merged = [], 0
     for t in texts:
         ids, seam = response_ids(prompt, prompt_ids, t, tokenizer, in_context=cfg.response_tokens == "in_context")
         responses.append(ids + [eos])
         merged += seam
+    scores = [_float_or_nan(c.get("score")) for c in slots]
+    ref_logps = [_float_or_nan(c.get("ref_logprob")) for c in slots]
+    ref_tokens = [int(c["ref_tokens"]) if c.get("ref_tokens") is not None else -1 for c in slots]
 
     room = cfg.max_length - cfg.min_response_tokens
     truncated = False
@@ -133,6 +140,10 @@ def tokenize_record(
     if any(len(r) > budget for r in responses):
         truncated = True
     responses = [r[:budget] for r in responses]
+    if rec.get("regularizer"):
+        # a regulariser row's candidates are one gold answer repeated: every pair term of the reference-based
+        # objectives is a constant whatever the reference log-prob, so any shared value will do
+        ref_logps, ref_tokens = [0.0] * len(responses), [len(r) for r in responses]
     return {
         "id": rec["id"],
         "prompt_ids": prompt_ids,
@@ -142,6 +153,9 @@ def tokenize_record(
         "truncated": truncated,
         "seam_merges": merged,
         "length": len(prompt_ids) + max(len(r) for r in responses),
+        "scores": scores,
+        "ref_logps": ref_logps,
+        "ref_tokens": ref_tokens,
     }
 
 
@@ -180,6 +194,10 @@ def regularizer_records(records: list[Record], cfg: DataConfig, source: str = "<
     return out
 
 
+def _float_or_nan(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
 def _fingerprint(*parts: Any) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -208,8 +226,9 @@ def tokenize_records(
             for r in records]
     rows += [r.model_dump(include={"id", "instruction", "input", "candidates", "gold", "prompt"}) | {"regularizer": cfg.regularizer}
              for r in regularizer or []]
-    for row in rows:
-        row["candidates"] = [{"text": c["text"]} for c in row["candidates"]]
+    for row in rows:  # what tokenize_record reads (and the cache key covers)
+        row["candidates"] = [{"text": c["text"], "score": c["score"], "ref_logprob": c["ref_logprob"],
+                              "ref_tokens": c["ref_tokens"]} for c in row["candidates"]]
     key = _fingerprint(rows, _tokenizer_fingerprint(tokenizer), asdict(cfg) | {"train_file": None, "val_file": None,
                        "batch_size": None, "shuffle": None, "limit": None}, mode, with_gold)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else cache_root() / "datasets"
@@ -246,7 +265,8 @@ def tokenize_records(
 def collate_padded(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     """[B, S, T] right-padded layout: every slot holds prompt + response; prompt and padding labels are -100.
 
-    ``rank_mask [B, S]`` marks ranked candidates, ``gold_mask [B, S]`` the gold slot."""
+    ``rank_mask [B, S]`` marks ranked candidates, ``gold_mask [B, S]`` the gold slot; ``rank_scores [B, S]`` holds
+    the ranker's scores (ties) and ``ref_logps [B, S]`` the reference model's summed log-probs (NaN: absent)."""
     b = len(items)
     s = max(len(it["responses"]) for it in items)
     t = max(len(it["prompt_ids"]) + len(r) for it in items for r in it["responses"])
@@ -255,6 +275,8 @@ def collate_padded(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.
     attn = torch.zeros((b, s, t), dtype=torch.long)
     rank_mask = torch.zeros((b, s), dtype=torch.bool)
     gold_mask = torch.zeros((b, s), dtype=torch.bool)
+    rank_scores = torch.full((b, s), float("nan"), dtype=torch.float32)
+    ref_logps = torch.full((b, s), float("nan"), dtype=torch.float32)
     real = 0
     for i, it in enumerate(items):
         p = it["prompt_ids"]
@@ -265,6 +287,9 @@ def collate_padded(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.
             attn[i, k, : len(seq)] = 1
             real += len(seq)
         rank_mask[i, : it["n_rank"]] = True
+        if it.get("scores") is not None:
+            rank_scores[i, : len(it["scores"])] = torch.tensor(it["scores"], dtype=torch.float32)
+            ref_logps[i, : len(it["ref_logps"])] = torch.tensor(it["ref_logps"], dtype=torch.float32)
         if it["gold_slot"] >= 0:
             gold_mask[i, it["gold_slot"]] = True
     return {
@@ -274,9 +299,50 @@ def collate_padded(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.
         "labels": labels,
         "rank_mask": rank_mask,
         "gold_mask": gold_mask,
+        "rank_scores": rank_scores,
+        "ref_logps": ref_logps,
         "num_real_tokens": torch.tensor(real),
         "num_slot_tokens": torch.tensor(int(sum(len(it["responses"]) for it in items) * t)),
     }
+
+
+def check_required_fields(records: list[Record], require: dict[str, str], path: str, num_candidates: int | None) -> None:
+    """Every candidate the loss sees carries the fields in ``require``; else one line naming file, line and field."""
+    from tuna.records import line_of_id
+
+    for rec in records:
+        for k, cand in enumerate(rec.candidates[: num_candidates or None]):
+            for name, who in require.items():
+                if getattr(cand, name) is None:
+                    if name == "ref_logprob":
+                        how = (f"make them once with `tuna reference --input {path} --model <the model training starts "
+                               f"from> --out {_ref_path(path)}` (same data.template and data.max_length as training)")
+                    else:
+                        how = ("rank the candidates with a ranker that writes scores (tuna score, tuna judge), or give "
+                               "loss.pro_temperature a fixed value")
+                    raise TunaError(f"{who} needs {name} on every candidate: {how}", path=path,
+                                    line=line_of_id(path, rec.id), field=f"candidates[{k}].{name}")
+
+
+def _ref_path(path: str) -> str:
+    p = Path(path)
+    return str(p.with_name(p.name.removesuffix(".jsonl") + ".ref.jsonl"))
+
+
+def check_reference_tokens(ds: Any, path: str) -> None:
+    """The reference log-probs were scored on exactly the response tokens training scores (same template,
+    tokenizer and truncation): their stored token counts must match."""
+    from tuna.records import line_of_id
+
+    for row in ds.select_columns(["id", "n_rank", "responses", "ref_tokens"]):
+        for k in range(row["n_rank"]):
+            want, have = len(row["responses"][k]), row["ref_tokens"][k]
+            if have != want:
+                msg = (f"the reference log-prob was scored on {have} response tokens, training scores {want}: it was made "
+                       "with other data settings (template, max_length, tokenizer); rerun `tuna reference` with the training's"
+                       if have >= 0 else "missing: the number of response tokens ref_logprob was scored on (`tuna reference` "
+                       "writes it, so that training can check it scores the same tokens)")
+                raise TunaError(msg, path=path, line=line_of_id(path, row["id"]), field=f"candidates[{k}].ref_tokens")
 
 
 class EpochBatchSampler:
@@ -326,9 +392,12 @@ class EpochBatchSampler:
 
 class RankedCandidatesDataModule(L.LightningDataModule):
     def __init__(self, cfg: DataConfig, tokenizer: Any, *, mode: Literal["rank", "sft"] = "rank", with_gold: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, require: dict[str, str] | None = None):
+        """``require``: candidate fields every (used) candidate must carry → who needs them (for the error message),
+        e.g. ``{"ref_logprob": "loss.objective=dpo"}``."""
         super().__init__()
         self.cfg, self.tokenizer, self.mode, self.with_gold, self.seed = cfg, tokenizer, mode, with_gold, seed
+        self.require = dict(require or {})
         self.train_ds = self.val_ds = None
         self._resume: dict[str, int] | None = None
         self._train_sampler: EpochBatchSampler | None = None
@@ -351,9 +420,14 @@ class RankedCandidatesDataModule(L.LightningDataModule):
                                 path=path, field="gold")
         if self.mode == "rank" and self.cfg.regularizer == "top_candidate" and not any(r.gold is not None for r in records):
             raise TunaError("data.regularizer=top_candidate needs records with a gold response", path=path, field="gold")
+        if self.mode == "rank":
+            check_required_fields(records, self.require, path, self.cfg.num_candidates)
         reg = regularizer_records(records, self.cfg, path) if train and self.mode == "rank" else []
-        return tokenize_records(records, self.tokenizer, self.cfg, mode=self.mode, with_gold=self.with_gold, source=path,
-                                regularizer=reg)
+        ds = tokenize_records(records, self.tokenizer, self.cfg, mode=self.mode, with_gold=self.with_gold, source=path,
+                              regularizer=reg)
+        if self.mode == "rank" and "ref_logprob" in self.require:
+            check_reference_tokens(ds, path)
+        return ds
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_ds is None:

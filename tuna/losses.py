@@ -14,6 +14,12 @@ Two reductions of the pairs (PAPER.md §4.3-§4.4, §12):
 
 MLE targets: ``all`` (released code: token mean over every candidate's response tokens), ``best`` (the
 top-ranked candidate), ``gold`` (the reference response, carried in an extra slot that does not rank).
+
+Other ways to learn from the same ranked sets sit beside it in one registry, :data:`OBJECTIVES`, selected by
+``loss.objective`` (RRHF, PRO, ListMLE, DPO, IPO, SimPO; docs/objectives.md has the table). Each is a pure
+function over ``[B, N]`` score tensors and masks. Ties between candidates with equal ranker scores are either
+ordered by position (``loss.ties: ordered``, the released code's behaviour) or never compared (``skip``): see
+:func:`tie_groups` and :func:`preference_pairs`.
 """
 
 from __future__ import annotations
@@ -23,7 +29,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tuna.config import LossConfig, MarginScaling, MleTarget, PairReduction  # noqa: F401  (re-exported)
+from tuna.config import (  # noqa: F401  (re-exported)
+    LossConfig,
+    MarginScaling,
+    MleTarget,
+    Objective,
+    PairReduction,
+    PairSelection,
+    Ties,
+)
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_rows: int = 1024) -> torch.Tensor:
@@ -65,18 +79,26 @@ def ranking_loss(
     pair_reduction: PairReduction = "per_distance_mean",
     candidate_mask: torch.Tensor | None = None,
     margin_scaling: MarginScaling = "rank_distance",
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The Tuna margin ranking loss on ``scores [B, N]`` ordered best-first.
 
     ``candidate_mask [B, N]`` marks real candidates (records with fewer than N are padded); pairs with a
     padded member are ignored. With all candidates real and ``per_distance_mean`` this equals the released
-    code's ``Σ_d MarginRankingLoss(margin=d·m)(s[:, :-d], s[:, d:], 1)``."""
+    code's ``Σ_d MarginRankingLoss(margin=d·m)(s[:, :-d], s[:, d:], 1)``.
+
+    ``groups [B, N]`` (from :func:`tie_groups`, for ``ties: skip``): pairs within one tie group get no hinge, and
+    the rank distance of a pair is measured between the mean positions of the two groups (scores 3, 2, 2, 1 sit at
+    0, 1.5, 1.5, 3), so the loss does not depend on the file order of tied candidates; ``per_distance_mean``
+    then averages the pairs of each such distance. Without ties this is the plain loss."""
     b, n = scores.shape
     if candidate_mask is None:
         candidate_mask = torch.ones_like(scores, dtype=torch.bool)
     total = scores.new_zeros(())
     if n < 2:
         return total
+    if groups is not None:
+        return _tied_ranking_loss(scores, margin, pair_reduction, candidate_mask, margin_scaling, groups)
     if pair_reduction == "per_distance_mean":
         for d in range(1, n):
             better, worse = scores[:, :-d], scores[:, d:]
@@ -97,6 +119,24 @@ def ranking_loss(
     raise ValueError(f"unknown pair_reduction {pair_reduction!r}")
 
 
+def _tied_ranking_loss(scores: torch.Tensor, margin: float, pair_reduction: PairReduction, candidate_mask: torch.Tensor,
+                       margin_scaling: MarginScaling, groups: torch.Tensor) -> torch.Tensor:
+    pairs = preference_pairs(candidate_mask, groups)  # [B, i, j]: i ranks above j
+    pos = group_positions(groups)
+    dist = pos[:, None, :] - pos[:, :, None]
+    m = margin * dist if margin_scaling == "rank_distance" else torch.full_like(dist, margin)
+    hinge = torch.clamp_min(scores[:, None, :] - scores[:, :, None] + m, 0.0)  # s_j − s_i + m
+    if pair_reduction == "per_distance_mean":
+        total = scores.new_zeros(())
+        for d in torch.unique(dist[pairs]).tolist():  # multiples of 0.5: exact in floating point
+            sel = pairs & (dist == d)
+            total = total + (hinge * sel).sum() / sel.sum()
+        return total
+    if pair_reduction == "all_pairs_sum":
+        return (hinge * pairs).sum((1, 2)).mean()
+    raise ValueError(f"unknown pair_reduction {pair_reduction!r}")
+
+
 def mle_loss(token_logps: torch.Tensor, token_mask: torch.Tensor, slot_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Token-mean negative log-likelihood over ``token_mask [B, S, T]`` restricted to slots in ``slot_mask [B, S]``."""
     mask = token_mask if slot_mask is None else token_mask & slot_mask[..., None]
@@ -104,11 +144,17 @@ def mle_loss(token_logps: torch.Tensor, token_mask: torch.Tensor, slot_mask: tor
     return -(token_logps * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def pair_accuracy(scores: torch.Tensor, candidate_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Share of pairs i < j (both real) that the student orders like the ranking (s_i > s_j)."""
+def pair_accuracy(scores: torch.Tensor, candidate_mask: torch.Tensor | None = None,
+                  pairs: torch.Tensor | None = None) -> torch.Tensor:
+    """Share of pairs i < j (both real) that the student orders like the ranking (s_i > s_j).
+
+    ``pairs [B, N, N]`` (from :func:`preference_pairs`): count these pairs instead (e.g. without tied ones)."""
     n = scores.shape[-1]
     if n < 2:
         return scores.new_tensor(float("nan"))
+    if pairs is not None:
+        right = (scores[:, :, None] > scores[:, None, :]) & pairs
+        return right.sum().float() / pairs.sum().clamp_min(1).float()
     if candidate_mask is None:
         candidate_mask = torch.ones_like(scores, dtype=torch.bool)
     i, j = torch.triu_indices(n, n, offset=1, device=scores.device)
@@ -123,8 +169,32 @@ class LossOutput:
     rank: torch.Tensor
     mle: torch.Tensor
     scores: torch.Tensor
-    """[B, N] student scores of the ranked slots (detached copies are logged)."""
+    """[B, N] student scores of the ranked slots, sum/len**beta (detached copies are logged)."""
     rank_mask: torch.Tensor
+    pairs: torch.Tensor | None = None
+    """[B, N, N] the pairs (i ranked above j) the objective compares; pair accuracy counts these."""
+    rewards: torch.Tensor | None = None
+    """[B, N] the objective's own per-candidate reward when it is not ``scores`` (DPO/IPO implicit rewards)."""
+
+
+def mle_settings(cfg: LossConfig) -> tuple[float, MleTarget]:
+    """``(mle_weight, mle_target)`` with the objective's own values where the config leaves them None."""
+    spec = OBJECTIVES[cfg.objective]
+    weight = spec.mle_weight if cfg.mle_weight is None else cfg.mle_weight
+    return weight, (spec.mle_target if cfg.mle_target is None else cfg.mle_target)
+
+
+def mle_slots(rank_mask: torch.Tensor, gold_mask: torch.Tensor | None, target: MleTarget) -> torch.Tensor:
+    """[B, S] the slots whose responses the MLE term trains on."""
+    if target == "all":
+        return rank_mask
+    if target == "best":
+        slots = torch.zeros_like(rank_mask)
+        slots[:, 0] = rank_mask[:, 0]
+        return slots
+    if gold_mask is None or not bool(gold_mask.any()):
+        raise ValueError("mle_target='gold' needs records with a gold response")
+    return gold_mask
 
 
 def tuna_loss(
@@ -133,29 +203,27 @@ def tuna_loss(
     rank_mask: torch.Tensor,
     gold_mask: torch.Tensor | None,
     cfg: LossConfig,
+    rank_scores: torch.Tensor | None = None,
 ) -> LossOutput:
     """L = mle_weight · L_MLE + rank_weight · L_rank.
 
     ``token_logps, token_mask [B, S, T]``: per-token log-probs of each slot's response tokens.
     ``rank_mask [B, S]``: slots that are ranked candidates (best-first, left-aligned).
-    ``gold_mask [B, S]``: the slot holding the gold response (only for ``mle_target='gold'``)."""
+    ``gold_mask [B, S]``: the slot holding the gold response (only for ``mle_target='gold'``).
+    ``rank_scores [B, S]``: the ranker's scores (NaN: unknown), used by ``ties: skip``."""
     scores_all = sequence_scores(token_logps, token_mask, cfg.beta)
     n_rank = int(rank_mask.sum(-1).max().item()) if rank_mask.numel() else 0
     scores = scores_all[:, :n_rank]
     cmask = rank_mask[:, :n_rank]
-    rank = ranking_loss(scores, cfg.margin, cfg.pair_reduction, cmask, cfg.margin_scaling) if cfg.rank_weight else scores.new_zeros(())
-    if cfg.mle_target == "all":
-        slots = rank_mask
-    elif cfg.mle_target == "best":
-        slots = torch.zeros_like(rank_mask)
-        slots[:, 0] = rank_mask[:, 0]
-    else:
-        if gold_mask is None or not bool(gold_mask.any()):
-            raise ValueError("mle_target='gold' needs records with a gold response")
-        slots = gold_mask
-    mle = mle_loss(token_logps, token_mask, slots) if cfg.mle_weight else scores.new_zeros(())
-    loss = cfg.mle_weight * mle + cfg.rank_weight * rank
-    return LossOutput(loss=loss, rank=rank, mle=mle, scores=scores, rank_mask=cmask)
+    groups = tie_groups(rank_scores[:, :n_rank], cmask, cfg.ties) if cfg.ties == "skip" and rank_scores is not None else None
+    rank = (ranking_loss(scores, cfg.margin, cfg.pair_reduction, cmask, cfg.margin_scaling, groups=groups)
+            if cfg.rank_weight else scores.new_zeros(()))
+    mle_weight, mle_target = mle_settings(cfg)
+    slots = mle_slots(rank_mask, gold_mask, mle_target)
+    mle = mle_loss(token_logps, token_mask, slots) if mle_weight else scores.new_zeros(())
+    loss = mle_weight * mle + cfg.rank_weight * rank
+    pairs = preference_pairs(cmask, groups if groups is not None else tie_groups(None, cmask, "ordered"))
+    return LossOutput(loss=loss, rank=rank, mle=mle, scores=scores, rank_mask=cmask, pairs=pairs)
 
 
 def reference_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -164,3 +232,242 @@ def reference_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torc
     target = labels[..., 1:]
     mask = target != -100
     return logp.gather(-1, target.clamp_min(0)[..., None]).squeeze(-1) * mask
+
+
+# ----------------------------------------------------------------------------------------------- ties and pairs
+
+
+def tie_groups(rank_scores: torch.Tensor | None, candidate_mask: torch.Tensor, ties: Ties) -> torch.Tensor:
+    """[B, N] the tie group of each best-first candidate: 0, 1, 1, 2 for ranker scores 3, 2, 2, 1.
+
+    A group is a run of neighbouring real candidates with equal, known scores (ranked sets are sorted, so equal
+    scores are neighbours; NaN, an unknown score, ties with nothing). ``ties='ordered'`` or no scores: each
+    candidate is its own group, i.e. ties are ordered by position as the released code's stable sort leaves them."""
+    b, n = candidate_mask.shape
+    pos = torch.arange(n, device=candidate_mask.device).expand(b, n)
+    if ties == "ordered" or rank_scores is None or n < 2:
+        return pos.clone()
+    same = (rank_scores[:, 1:] == rank_scores[:, :-1]) & candidate_mask[:, 1:] & candidate_mask[:, :-1]
+    new_group = torch.cat([torch.zeros_like(same[:, :1]), ~same], dim=1).long()
+    return new_group.cumsum(1)
+
+
+def group_positions(groups: torch.Tensor) -> torch.Tensor:
+    """[B, N] the mean position of each candidate's tie group (its own position when it is not tied)."""
+    n = groups.shape[1]
+    pos = torch.arange(n, device=groups.device, dtype=torch.float32)
+    same = (groups[:, :, None] == groups[:, None, :]).float()
+    return (same * pos).sum(-1) / same.sum(-1)
+
+
+def preference_pairs(candidate_mask: torch.Tensor, groups: torch.Tensor, pairs: PairSelection = "all") -> torch.Tensor:
+    """[B, N, N] True where real candidate i is ranked above real candidate j (its tie group comes first).
+
+    ``adjacent``: only pairs from neighbouring groups (positions k, k+1 when nothing is tied)."""
+    real = candidate_mask[:, :, None] & candidate_mask[:, None, :]
+    gi, gj = groups[:, :, None], groups[:, None, :]
+    above = (gj == gi + 1) if pairs == "adjacent" else (gi < gj)
+    return above & real
+
+
+def _pair_mean(losses: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """Mean of ``losses [B, N, N]`` over the selected pairs of the whole batch (0 when there are none)."""
+    count = pairs.sum()
+    if count == 0:
+        return losses.new_zeros(())
+    return torch.where(pairs, losses, torch.zeros_like(losses)).sum() / count
+
+
+# ----------------------------------------------------------------------------------------------- objectives
+
+
+def rrhf_loss(scores: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """RRHF's ranking term (Yuan et al. 2023, "RRHF: Rank Responses to Align Language Models with Human Feedback
+    without tears"): ``L_rank = Σ_{r_i > r_j} max(0, p_j − p_i)`` with ``p = Σ log π / |y|^β`` (RRHF's
+    ``length_penalty``, 1 by default), summed over a record's pairs and averaged over records.
+
+    As GanjinZero/RRHF ``train.py`` ``rrhf_loss`` (``aval = (rw_diff > 0) & (diff < 0)``; ``-diff[aval].sum()``, one
+    record per device batch): no margin; pairs whose rewards are equal are never compared there, which is
+    ``ties: skip`` here. Its SFT term on the best candidate is the shared MLE term (``mle_target: best``)."""
+    diff = scores[:, None, :] - scores[:, :, None]  # [b, i, j] = p_j − p_i, with i ranked above j
+    return (torch.relu(diff) * pairs).sum((1, 2)).mean()
+
+
+def plackett_luce_loss(scores: torch.Tensor, pairs: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Negative Plackett–Luce log-likelihood of a ranking, one softmax step per candidate, summed over a record's
+    steps and averaged over records (ListMLE, Xia et al. 2008, "Listwise approach to learning to rank"):
+
+        L = Σ_k [ log Σ_{j ∈ {k} ∪ W_k} exp(w_kj · s_j) − w_kk · s_k ],   W_k = {j : pairs[k, j]}
+
+    ``W_k`` holds the candidates ranked below k (all later positions with ``ties: ordered``; only strictly worse
+    tie groups with ``skip``, so tied candidates never meet in a softmax and a candidate with nothing below it
+    adds no step). ``weights [B, N, N]`` scale the logits (PRO's temperature); None: 1."""
+    b, n = scores.shape
+    eye = torch.eye(n, dtype=torch.bool, device=scores.device).expand(b, n, n)
+    if weights is None:
+        weights = torch.ones((b, n, n), dtype=scores.dtype, device=scores.device)
+    logits = (weights * scores[:, None, :]).masked_fill(~(pairs | eye), float("-inf"))  # the diagonal keeps rows finite
+    own = torch.diagonal(weights, dim1=1, dim2=2) * scores
+    steps = torch.logsumexp(logits, dim=-1) - own
+    return torch.where(pairs.any(-1), steps, torch.zeros_like(steps)).sum(-1).mean()
+
+
+def pro_weights(rank_scores: torch.Tensor, pairs: torch.Tensor, temperature: float | str) -> torch.Tensor:
+    """PRO's logit scales ``w_kj`` (Song et al. 2023, "Preference Ranking Optimization for Human Alignment").
+
+    ``dynamic``: ``w_kj = r_k − r_j`` (the inverse temperature 1/T_k^j from the ranker's scores r) and
+    ``w_kk = max_j w_kj`` over the candidates below k, as AlibabaResearch/DAMO-ConvAI ``PRO/train/utils/
+    process_manager.py`` ``compute_loss`` (``neg_temperatures = pos_reward - neg_reward``, ``pos_temperature =
+    max(neg_temperatures)``). A fixed temperature T: every ``w = 1/T``."""
+    b, n = rank_scores.shape
+    if temperature != "dynamic":
+        return torch.full((b, n, n), 1.0 / float(temperature), dtype=torch.float32, device=rank_scores.device)
+    gap = (rank_scores[:, :, None] - rank_scores[:, None, :]).float()
+    gap = torch.where(pairs, gap, torch.zeros_like(gap))
+    top = gap.masked_fill(~pairs, float("-inf")).amax(-1)
+    top = torch.where(pairs.any(-1), top, torch.zeros_like(top))
+    eye = torch.eye(n, dtype=torch.bool, device=rank_scores.device)
+    return torch.where(eye, top[:, :, None].expand(b, n, n), gap)
+
+
+def pro_sft_loss(token_logps: torch.Tensor, token_mask: torch.Tensor, slots: torch.Tensor, n_candidates: torch.Tensor,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """PRO's SFT term, as its ``compute_loss``: the *summed* negative log-likelihood of the target response scaled by
+    ``(N − 1)²`` (``sft_weight * (N - 1)**2 * mean(-sum_scores[sft_index])``), N the record's candidate count.
+    Returns ``(scaled, plain)``: the mean over records of ``(N−1)² · NLL`` (trained on) and of ``NLL`` (logged)."""
+    seq_nll = -(token_logps * token_mask).sum(-1)  # [B, S]
+    per_slot = slots.to(seq_nll.dtype)
+    count = per_slot.sum(-1)
+    nll = (seq_nll * per_slot).sum(-1) / count.clamp_min(1.0)  # several target slots (mle_target all): their mean
+    has = count > 0
+    scale = (n_candidates.to(nll.dtype) - 1.0).clamp_min(0.0) ** 2
+    denom = has.sum().clamp_min(1)
+    return (scale * nll * has).sum() / denom, (nll * has).sum() / denom
+
+
+def dpo_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, pairs: torch.Tensor, beta: float,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPO (Rafailov et al. 2023, "Direct Preference Optimization", Eq. 7) on the pairs of a ranking:
+    ``−log σ(β·[(log π(y_i) − log π_ref(y_i)) − (log π(y_j) − log π_ref(y_j))])`` for i ranked above j, log-probs
+    summed over response tokens, averaged over the batch's pairs (TRL ``DPOTrainer`` ``loss_type="sigmoid"``).
+    Returns ``(loss, rewards)``, the implicit rewards ``β·(log π − log π_ref) [B, N]``."""
+    rewards = beta * (policy_logps - ref_logps)
+    margin = rewards[:, :, None] - rewards[:, None, :]
+    return _pair_mean(-F.logsigmoid(margin), pairs), rewards
+
+
+def ipo_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, lengths: torch.Tensor, pairs: torch.Tensor, tau: float,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human Preferences", Eq. 17):
+    ``(h_ij − 1/(2τ))²`` with ``h_ij`` the difference of the length-averaged log-ratios ``(log π − log π_ref)/|y|``
+    of i (ranked above) and j, averaged over the batch's pairs. The per-token average follows TRL ``DPOTrainer``
+    (``loss_type="ipo"`` divides each log-ratio by its completion length). Returns ``(loss, rewards)``, the
+    averaged log-ratios."""
+    rewards = (policy_logps - ref_logps) / lengths.clamp_min(1).to(policy_logps.dtype)
+    h = rewards[:, :, None] - rewards[:, None, :]
+    return _pair_mean((h - 1.0 / (2.0 * tau)) ** 2, pairs), rewards
+
+
+def simpo_loss(scores: torch.Tensor, pairs: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """SimPO (Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward"):
+    ``−log σ(β·(s_i − s_j) − γ)`` with the length-normalised log-likelihood ``s = Σ log π / |y|^β_len`` (the
+    average log-prob at the default exponent 1), no reference model, averaged over the batch's pairs. As
+    princeton-nlp/SimPO ``simpo_trainer.py`` (``logits = pi_logratios - gamma_beta_ratio``; ``-logsigmoid(beta *
+    logits)``, defaults β = 2.0, γ/β = 0.25) and TRL ``CPOTrainer`` ``loss_type="simpo"``."""
+    margin = beta * (scores[:, :, None] - scores[:, None, :]) - gamma
+    return _pair_mean(-F.logsigmoid(margin), pairs)
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """What an objective needs and its own MLE term (used where ``loss.mle_weight``/``mle_target`` are None)."""
+
+    paper: str
+    mle_weight: float
+    mle_target: MleTarget
+    needs_reference: bool = False
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    # the released code: L = 1.0 · MLE(all candidates) + hinge (custom.py, `mle_weight * output.loss + loss`)
+    "tuna": ObjectiveSpec("Li et al. 2023, Tuna", 1.0, "all"),
+    # RRHF train.sh `--rrhf_weight 1`: L = L_rank + L_ft, L_ft on the best-rewarded response
+    "rrhf": ObjectiveSpec("Yuan et al. 2023, RRHF", 1.0, "best"),
+    # PRO train_hh.sh `--sft_weight 0.05`, scaled by (N-1)² on the summed NLL (pro_sft_loss)
+    "pro": ObjectiveSpec("Song et al. 2023, PRO", 0.05, "best"),
+    "listmle": ObjectiveSpec("Xia et al. 2008, ListMLE", 0.0, "best"),
+    "dpo": ObjectiveSpec("Rafailov et al. 2023, DPO", 0.0, "best", needs_reference=True),
+    "ipo": ObjectiveSpec("Azar et al. 2023, IPO", 0.0, "best", needs_reference=True),
+    "simpo": ObjectiveSpec("Meng et al. 2024, SimPO", 0.0, "best"),
+}
+
+
+def required_candidate_fields(cfg: LossConfig) -> list[str]:
+    """The candidate fields every training record must carry for this objective (empty for most)."""
+    if not cfg.rank_weight:
+        return []
+    if OBJECTIVES[cfg.objective].needs_reference:
+        return ["ref_logprob"]
+    if cfg.objective == "pro" and cfg.pro_temperature == "dynamic":
+        return ["score"]
+    return []
+
+
+def objective_loss(
+    token_logps: torch.Tensor,
+    token_mask: torch.Tensor,
+    rank_mask: torch.Tensor,
+    gold_mask: torch.Tensor | None,
+    cfg: LossConfig,
+    *,
+    rank_scores: torch.Tensor | None = None,
+    ref_logps: torch.Tensor | None = None,
+) -> LossOutput:
+    """``L = mle_weight · L_MLE + rank_weight · L_objective`` for ``cfg.objective``.
+
+    Shapes as :func:`tuna_loss`; ``rank_scores [B, S]`` the ranker's scores (NaN: unknown), ``ref_logps [B, S]`` the
+    reference model's summed log-probs of each candidate (NaN: missing; dpo and ipo need them)."""
+    if cfg.objective == "tuna":
+        return tuna_loss(token_logps, token_mask, rank_mask, gold_mask, cfg, rank_scores)
+    n_rank = int(rank_mask.sum(-1).max().item()) if rank_mask.numel() else 0
+    cmask = rank_mask[:, :n_rank]
+    scores = sequence_scores(token_logps, token_mask, cfg.beta)[:, :n_rank]
+    rs = rank_scores[:, :n_rank] if rank_scores is not None else None
+    groups = tie_groups(rs, cmask, cfg.ties)
+    pairs = preference_pairs(cmask, groups, cfg.pairs if cfg.objective in ("dpo", "ipo", "simpo") else "all")
+    rewards = None
+    zero = scores.new_zeros(())
+    rank = zero
+    if cfg.rank_weight:
+        if cfg.objective == "rrhf":
+            rank = rrhf_loss(scores, pairs)
+        elif cfg.objective in ("pro", "listmle"):
+            weights = None
+            if cfg.objective == "pro":
+                if cfg.pro_temperature == "dynamic" and (rs is None or bool(torch.isnan(rs[cmask]).any())):
+                    raise ValueError("loss.pro_temperature=dynamic needs every candidate's ranker score")
+                weights = pro_weights(rs if rs is not None else scores.detach(), pairs, cfg.pro_temperature)
+            rank = plackett_luce_loss(scores, pairs, weights)
+        elif cfg.objective in ("dpo", "ipo"):
+            if ref_logps is None or bool(torch.isnan(ref_logps[:, :n_rank][cmask]).any()):
+                raise ValueError(f"loss.objective={cfg.objective} needs the reference log-probs of every candidate")
+            ref = torch.nan_to_num(ref_logps[:, :n_rank].to(scores.dtype))
+            sums = (token_logps * token_mask).sum(-1)[:, :n_rank]
+            if cfg.objective == "dpo":
+                rank, rewards = dpo_loss(sums, ref, pairs, cfg.dpo_beta)
+            else:
+                rank, rewards = ipo_loss(sums, ref, token_mask.sum(-1)[:, :n_rank], pairs, cfg.ipo_tau)
+        elif cfg.objective == "simpo":
+            rank = simpo_loss(scores, pairs, cfg.simpo_beta, cfg.simpo_gamma)
+        else:
+            raise ValueError(f"unknown objective {cfg.objective!r}")
+    mle_weight, mle_target = mle_settings(cfg)
+    slots = mle_slots(rank_mask, gold_mask, mle_target)
+    if not mle_weight:
+        mle, mle_term = zero, zero
+    elif cfg.objective == "pro":
+        mle_term, mle = pro_sft_loss(token_logps, token_mask, slots, rank_mask.sum(-1))
+    else:
+        mle = mle_term = mle_loss(token_logps, token_mask, slots)
+    loss = mle_weight * mle_term + cfg.rank_weight * rank
+    return LossOutput(loss=loss, rank=rank, mle=mle, scores=scores, rank_mask=cmask, pairs=pairs, rewards=rewards)

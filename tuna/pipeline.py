@@ -2,6 +2,7 @@
 
     instruction-tuned student ──(optional SFT)──▶ student
     teacher samples N per instruction, scores them        ─▶ prob.ranked.jsonl
+    (DPO/IPO: the starting model scores them once)        ─▶ ranked.ref.jsonl
     ProbRank(student)                                     ─▶ Tuna_p
     Tuna_p samples N, the judge ranks them                ─▶ context.tuna.ranked.jsonl
     ContextRank(Tuna_p)                                   ─▶ Tuna
@@ -410,10 +411,31 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         return ranked
 
     def train_step(name: str, stage: str, sc: StageConfig, start: str, data: Path) -> str:
+        from tuna.losses import required_candidate_fields
+
         out = run / name
+        if "ref_logprob" in required_candidate_fields(sc.loss):
+            data = reference_step(name, sc, start, data)
         man.run(name, {"stage": stage, "cfg": asdict(sc), "start": start, "start_hash": _model_hash(start),
                        "data": file_hash(data)}, [out / "hf"], lambda: _train_stage(stage, sc, start, data, out, cfg.seed))
         return str(out / "hf")
+
+    def reference_step(name: str, sc: StageConfig, start: str, ranked: Path) -> Path:
+        """The starting model's log-probs of the ranked candidates (DPO, IPO), shared by the runs of a sweep."""
+        from tuna.precision import resolve_precision
+
+        d = sc.data
+        bf16 = resolve_precision(sc.trainer.precision, sc.trainer.accelerator) == "bf16-mixed"  # as training will run
+        inputs = {"ranked": file_hash(ranked), "model": start, "model_hash": _model_hash(start), "mode": sc.model.logprob_mode,
+                  "dtype": sc.model.dtype, "autocast_bf16": bf16,
+                  "data": {k: getattr(d, k) for k in ("template", "system_prompt", "max_length", "min_response_tokens", "overlong")}}
+        out = shared / f"ref-{config_hash(inputs)}" / "ranked.ref.jsonl"
+        man.run(f"reference_{name}", inputs, [out], lambda: fb.reference(
+            input=str(ranked), out=str(out), model=start, template=d.template, system_prompt=d.system_prompt,
+            max_length=d.max_length, min_response_tokens=d.min_response_tokens, overlong=d.overlong,
+            logprob_mode=sc.model.logprob_mode, batch_size=d.batch_size, dtype=sc.model.dtype, autocast_bf16=bf16) and None,
+            shared_marker=out.with_suffix(".done"))
+        return out
 
     if needs_p:
         models["tuna_p"] = train_step("tuna_p", "prob-rank", cfg.prob_rank, student, ranked)

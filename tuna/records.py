@@ -46,6 +46,13 @@ class Candidate(_Strict):
     """Per-token log-probabilities under the model that sampled the text (when the backend gives them)."""
     source: str | None = None
     """Which model or file produced the text."""
+    ref_logprob: float | None = None
+    """Reference-model log-likelihood of the response, summed over the tokens training scores (EOS included), for
+    the objectives with a frozen reference (dpo, ipo); written by ``tuna reference``."""
+    ref_tokens: int | None = Field(default=None, ge=1)
+    """How many response tokens ``ref_logprob`` sums over (training checks it scores the same tokens)."""
+    ref_model: str | None = None
+    """The reference model that scored ``ref_logprob``."""
 
 
 class Ranking(_Strict):

@@ -93,6 +93,7 @@ def run_training(stage: str, cfg: TrainConfig, *, callbacks: list[Any] | None = 
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from tuna.data import RankedCandidatesDataModule
+    from tuna.losses import mle_settings, required_candidate_fields
     from tuna.models import load_tokenizer
     from tuna.precision import resolve_precision
     from tuna.stages import STAGES
@@ -108,10 +109,19 @@ def run_training(stage: str, cfg: TrainConfig, *, callbacks: list[Any] | None = 
     module_cls = STAGES[stage]
     loss_cfg = cfg.loss
     if module_cls.data_mode == "sft":
-        loss_cfg = LossConfig(**{**asdict(cfg.loss), "rank_weight": 0.0, "mle_target": "all"})
+        loss_cfg = LossConfig(**{**asdict(cfg.loss), "objective": "tuna", "ties": "ordered", "rank_weight": 0.0,
+                                 "mle_target": "all"})
+    required = required_candidate_fields(loss_cfg)
+    reads_batch_floats = bool(required) or loss_cfg.ties == "skip"
+    if reads_batch_floats and cfg.trainer.precision == "bf16-true":
+        # Lightning's *-true precisions cast every floating tensor of a batch, ranker scores and reference log-probs too
+        raise TunaError(f"trainer.precision={cfg.trainer.precision} would round the ranker scores and reference log-probs "
+                        f"that loss.objective={loss_cfg.objective} (ties={loss_cfg.ties}) reads; use bf16-mixed",
+                        field="trainer.precision")
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     dm = RankedCandidatesDataModule(cfg.data, tokenizer, mode=module_cls.data_mode,
-                                    with_gold=loss_cfg.mle_target == "gold", seed=cfg.seed)
+                                    with_gold=mle_settings(loss_cfg)[1] == "gold", seed=cfg.seed,
+                                    require={f: f"loss.objective={loss_cfg.objective}" for f in required})
     module = module_cls(cfg.model, loss_cfg, cfg.optim, tokenizer=tokenizer, nonfinite=cfg.trainer.nonfinite)
 
     tc = cfg.trainer

@@ -1,4 +1,5 @@
-"""``tuna sample``, ``tuna score`` and ``tuna judge``: candidate sets, teacher ranking, judge ranking.
+"""``tuna sample``, ``tuna score``, ``tuna judge`` and ``tuna reference``: candidate sets, teacher ranking, judge
+ranking, and the reference log-probs of the DPO-family objectives.
 
 Every command appends to its output with :class:`tuna.records.JsonlAppender` (one fsync'ed line per record)
 and skips ids already there, so a killed run resumes where it stopped and never duplicates a record.
@@ -330,6 +331,95 @@ def score(
     return out
 
 
+# ----------------------------------------------------------------------------------------------- reference
+
+
+def reference(
+    input: str,
+    out: str,
+    model: str,
+    template: str = "alpaca",
+    system_prompt: str | None = None,
+    max_length: int = 512,
+    min_response_tokens: int = 8,
+    overlong: str = "truncate",
+    logprob_mode: str = "auto",
+    batch_size: int = 4,
+    chunk_size: int = 32,
+    device: str = "auto",
+    dtype: str = "float32",
+    autocast_bf16: bool = False,
+    limit: int | None = None,
+    offset: int = 0,
+) -> str:
+    """Score every candidate of ranked sets under a frozen reference model, once, for loss.objective dpo | ipo.
+
+    Writes the ranked sets with each candidate's ref_logprob (summed over the response tokens training scores, EOS
+    included), ref_tokens and ref_model. Give the data settings training uses (template, max_length, ...): the
+    candidates are tokenised by the training data module, and training checks the token counts.
+
+    Args:
+        input: Ranked sets (tuna records JSONL).
+        out: Output JSONL; existing ids are skipped (resume).
+        model: The reference model (usually the model the stage starts from), name or path.
+        template: As the training's data.template: alpaca | chat | raw.
+        system_prompt: As the training's data.system_prompt.
+        max_length: As the training's data.max_length.
+        min_response_tokens: As the training's data.min_response_tokens.
+        overlong: As the training's data.overlong: truncate | error.
+        logprob_mode: auto | full | chunked | packed | prefix_shared (as model.logprob_mode; all give the same sums).
+        batch_size: Records per forward pass (each with all its candidates).
+        chunk_size: Records written together; a kill loses at most the chunk in flight.
+        device: auto | cpu | cuda.
+        dtype: Weights dtype: float32 (as training's default model.dtype) | bfloat16 | float16 | auto.
+        autocast_bf16: bf16 autocast for the forward pass (as training with trainer.precision bf16-mixed).
+        limit: Use at most this many records.
+        offset: Skip this many records first.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from tuna.config import DataConfig
+    from tuna.feedback.reference import reference_logprobs, with_reference
+    from tuna.models import load_model, load_tokenizer
+    from tuna.precision import device_type, resolve_dtype
+
+    import typing
+
+    from tuna.config import LogprobMode
+
+    modes = typing.get_args(LogprobMode)
+    if logprob_mode not in modes:
+        raise TunaError(f"unknown logprob_mode {logprob_mode!r} ({' | '.join(modes)})", field="logprob_mode")
+    if overlong not in ("truncate", "error"):
+        raise TunaError(f"overlong must be truncate | error, got {overlong!r}", field="overlong")
+    data = DataConfig(template=template, system_prompt=system_prompt, max_length=max_length,  # type: ignore[arg-type]
+                      min_response_tokens=min_response_tokens, overlong=overlong)  # type: ignore[arg-type]
+    records = load_inputs(input, fmt="tuna", limit=limit, offset=offset, kind="ranked")
+    t0 = time.monotonic()
+    with JsonlAppender(out) as app:
+        todo = [r for r in records if r.id not in app.done_ids]
+        log.info("reference: %d records, %d already in %s, %d to do", len(records), len(records) - len(todo), out, len(todo))
+        if todo:
+            _set_threads()
+            device = device_type(device)
+            tok = load_tokenizer(model)
+            lm = load_model(model, dtype=resolve_dtype(dtype, device), tokenizer=tok).to(device).eval()
+            bar = tqdm(total=len(todo), desc="reference", unit="rec", disable=os.environ.get("TUNA_PROGRESS", "1") == "0")
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=autocast_bf16):
+                for chunk in _chunks(todo, chunk_size):
+                    values = reference_logprobs(lm, tok, chunk, data, batch_size=batch_size, logprob_mode=logprob_mode,
+                                                device=device, source=input)
+                    for rec, v in zip(chunk, values, strict=True):
+                        app.write(with_reference(rec, v, model))
+                    bar.update(len(chunk))
+            bar.close()
+    dt = time.monotonic() - t0
+    print(f"reference log-probs of {len(todo)} records ({len(records) - len(todo)} already done) under {model} "
+          f"in {dt:.1f} s -> {out}")
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- judge
 
 
@@ -565,4 +655,4 @@ def judge(
     return out
 
 
-COMMANDS = {"sample": sample, "score": score, "judge": judge}
+COMMANDS = {"sample": sample, "score": score, "reference": reference, "judge": judge}

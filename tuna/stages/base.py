@@ -1,4 +1,5 @@
-"""The LightningModule shared by all three stages: forward over N candidates, the Tuna loss, logging."""
+"""The LightningModule shared by all three stages: forward over N candidates, the objective (the Tuna loss by
+default, ``loss.objective``), logging."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import torch
 from tuna.config import ModelConfig, OptimConfig
 from tuna.errors import TunaError
 from tuna.forward import response_token_logprobs
-from tuna.losses import LossConfig, pair_accuracy, tuna_loss
+from tuna.losses import LossConfig, LossOutput, mle_settings, objective_loss, pair_accuracy, tie_groups
 
 
 class TunaModule(L.LightningModule):
-    """Student + Tuna loss. Subclasses differ only in defaults and in what data they read."""
+    """Student + objective. Subclasses differ only in defaults and in what data they read."""
 
     data_mode = "rank"
     default_lr = 1e-5
@@ -40,7 +41,8 @@ class TunaModule(L.LightningModule):
         """Batches skipped for a non-finite loss (trainer.nonfinite=skip), logged as train/skipped_batches."""
         self.save_hyperparameters(
             {"model": vars(model_cfg) | {"lora": vars(model_cfg.lora) if model_cfg.lora else None},
-             "loss": vars(loss_cfg), "optim": vars(optim_cfg), "stage": type(self).__name__}
+             "loss": vars(loss_cfg) | dict(zip(("mle_weight", "mle_target"), mle_settings(loss_cfg))),  # as trained
+             "optim": vars(optim_cfg), "stage": type(self).__name__}
         )
 
     # ------------------------------------------------------------------------------------------- model
@@ -70,9 +72,10 @@ class TunaModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------- steps
 
-    def compute(self, batch: dict[str, torch.Tensor]):
+    def compute(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         logps, mask = response_token_logprobs(self.model, batch, mode=self.model_cfg.logprob_mode)
-        return tuna_loss(logps, mask, batch["rank_mask"], batch.get("gold_mask"), self.loss_cfg)
+        return objective_loss(logps, mask, batch["rank_mask"], batch.get("gold_mask"), self.loss_cfg,
+                              rank_scores=batch.get("rank_scores"), ref_logps=batch.get("ref_logps"))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._t0 = time.perf_counter()
@@ -97,19 +100,14 @@ class TunaModule(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.compute(batch)
         n = batch["input_ids"].shape[0]
-        self.log_dict({"val/loss": out.loss, "val/loss_rank": out.rank, "val/loss_mle": out.mle,
-                       "val/pair_acc": pair_accuracy(out.scores.detach(), out.rank_mask)}, batch_size=n, sync_dist=True)
+        metrics = {"val/loss": out.loss, "val/loss_rank": out.rank, "val/loss_mle": out.mle}
+        metrics.update(objective_metrics(out, "val", batch.get("rank_scores")))
+        self.log_dict(metrics, batch_size=n, sync_dist=True)
 
     def _log_step(self, batch: dict[str, torch.Tensor], out: Any) -> None:
         n = batch["input_ids"].shape[0]
         metrics = {"train/loss": out.loss.detach(), "train/loss_rank": out.rank.detach(), "train/loss_mle": out.mle.detach()}
-        scores = out.scores.detach()
-        if scores.shape[1] > 1:
-            metrics["train/pair_acc"] = pair_accuracy(scores, out.rank_mask)
-        for k in range(scores.shape[1]):
-            valid = out.rank_mask[:, k]
-            if valid.any():
-                metrics[f"train/score_rank{k}"] = scores[valid, k].mean()
+        metrics.update(objective_metrics(out, "train", batch.get("rank_scores")))
         real = batch["num_real_tokens"].float()
         slots = batch["num_slot_tokens"].float()
         metrics["train/padding_share"] = 1.0 - real / slots.clamp_min(1.0)
@@ -157,3 +155,29 @@ class TunaModule(L.LightningModule):
         else:
             sched = get_constant_schedule_with_warmup(opt, warm)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def objective_metrics(out: LossOutput, split: str, rank_scores: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The metrics every objective logs alike: ``pair_acc`` (share of the compared pairs that the student's
+    length-normalised log-likelihood orders like the ranking), ``score_rank{k}`` (its mean at rank k), ``tie_share``
+    (share of candidate pairs the ranker scored equal), and for objectives with their own reward (DPO, IPO)
+    ``reward_acc`` and ``reward_rank{k}``."""
+    scores = out.scores.detach()
+    metrics: dict[str, torch.Tensor] = {}
+    n = scores.shape[1]
+    if n > 1:
+        metrics[f"{split}/pair_acc"] = pair_accuracy(scores, out.rank_mask, out.pairs)
+        if out.rewards is not None:
+            metrics[f"{split}/reward_acc"] = pair_accuracy(out.rewards.detach(), out.rank_mask, out.pairs)
+        if rank_scores is not None:
+            groups = tie_groups(rank_scores[:, :n], out.rank_mask, "skip")
+            real = torch.triu(out.rank_mask[:, :, None] & out.rank_mask[:, None, :], diagonal=1)
+            tied = real & (groups[:, :, None] == groups[:, None, :])
+            metrics[f"{split}/tie_share"] = tied.sum().float() / real.sum().clamp_min(1).float()
+    for k in range(n):
+        valid = out.rank_mask[:, k]
+        if valid.any():
+            metrics[f"{split}/score_rank{k}"] = scores[valid, k].mean()
+            if out.rewards is not None:
+                metrics[f"{split}/reward_rank{k}"] = out.rewards.detach()[valid, k].mean()
+    return metrics

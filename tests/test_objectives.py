@@ -1,0 +1,414 @@
+"""The objectives registry and the tie rule against independent slow references.
+
+Each reference is written from the papers' formulas with plain Python loops over records, pairs, steps and
+tokens (tie groups found by comparing scores, not by the fast cumulative sum); where a reference implementation
+exists (RRHF, PRO, TRL's DPO/IPO, SimPO) a second test evaluates that code's own formula on the same numbers."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tuna.losses import (
+    OBJECTIVES,
+    LossConfig,
+    mle_settings,
+    objective_loss,
+    pair_accuracy,
+    plackett_luce_loss,
+    preference_pairs,
+    ranking_loss,
+    required_candidate_fields,
+    tie_groups,
+    tuna_loss,
+)
+
+NAN = float("nan")
+# Best-first ranker scores per record, with ties: record 1 has 3 candidates, record 2 four plus its gold in slot 4.
+RANK_SCORES = [
+    [3.0, 2.0, 2.0, 1.0, 0.0],
+    [1.0, 1.0, 0.0, NAN, NAN],
+    [5.0, 4.0, 3.0, 2.0, NAN],
+    [1.0, 0.5, 0.5, 0.5, -1.0],
+]
+
+
+def make_inputs(seed: int = 0, T: int = 6):
+    g = torch.Generator().manual_seed(seed)
+    B, S = len(RANK_SCORES), len(RANK_SCORES[0])
+    logps = (-torch.rand(B, S, T, generator=g) * 3).requires_grad_(True)
+    lengths = torch.randint(1, T + 1, (B, S), generator=g)
+    mask = torch.arange(T)[None, None, :] < lengths[..., None]
+    rank_mask = torch.ones(B, S, dtype=torch.bool)
+    rank_mask[1, 3:] = False
+    rank_mask[2, 4] = False
+    gold_mask = torch.zeros(B, S, dtype=torch.bool)
+    gold_mask[2, 4] = True
+    mask = mask & (rank_mask | gold_mask)[..., None]
+    rank_scores = torch.tensor(RANK_SCORES)
+    ref = (-torch.rand(B, S, generator=g) * 3 * lengths).masked_fill(~rank_mask, NAN)
+    return logps, mask, rank_mask, gold_mask, rank_scores, ref
+
+
+# ----------------------------------------------------------------------------------------------- slow reference
+
+
+def seq(logps, mask, b, k):
+    """(sum of the response's token log-probs, its token count)."""
+    vals = [logps[b, k, t] for t in range(logps.shape[2]) if mask[b, k, t]]
+    return sum(vals), len(vals)
+
+
+def slow_pairs(scores_row, n_real, ties, selection="all"):
+    """[(i, j)]: i ranked above j. Tied: equal known scores. Adjacent: dense ranks one apart."""
+    def tied(i, j):
+        a, b = scores_row[i], scores_row[j]
+        return ties == "skip" and not (math.isnan(a) or math.isnan(b)) and a == b
+
+    def dense(k):  # how many distinct levels lie above candidate k
+        if ties == "ordered":
+            return k
+        return len({scores_row[i] for i in range(k) if not tied(i, k)}) if not math.isnan(scores_row[k]) else k
+
+    out = []
+    for i, j in itertools.combinations(range(n_real), 2):
+        if tied(i, j):
+            continue
+        if selection == "adjacent" and dense(j) != dense(i) + 1:
+            continue
+        out.append((i, j))
+    return out
+
+
+def mean_position(scores_row, n_real, k, ties):
+    if ties == "ordered" or math.isnan(scores_row[k]):
+        return float(k)
+    same = [i for i in range(n_real) if scores_row[i] == scores_row[k]]
+    return sum(same) / len(same)
+
+
+def slow_objective(logps, mask, rank_mask, gold_mask, rank_scores, ref, cfg: LossConfig):
+    """(loss, rank term, MLE term as logged) from the papers' formulas, loop by loop."""
+    B = logps.shape[0]
+    n_of = [int(rank_mask[b].sum()) for b in range(B)]
+    beta = cfg.beta
+
+    def s(b, k):
+        total, n = seq(logps, mask, b, k)
+        return total / (n**beta)
+
+    rows = [[float(x) for x in rank_scores[b]] for b in range(B)]
+    sel = cfg.pairs if cfg.objective in ("dpo", "ipo", "simpo") else "all"
+    pairs = [slow_pairs(rows[b], n_of[b], cfg.ties, sel) for b in range(B)]
+    obj = cfg.objective
+    if obj == "tuna":
+        if cfg.pair_reduction == "all_pairs_sum":
+            rank = sum(sum(torch.clamp(s(b, j) - s(b, i) + cfg.margin * (mean_position(rows[b], n_of[b], j, cfg.ties)
+                                                                              - mean_position(rows[b], n_of[b], i, cfg.ties)), min=0)
+                           for i, j in pairs[b]) for b in range(B)) / B
+        else:
+            by_d: dict[float, list] = {}
+            for b in range(B):
+                for i, j in pairs[b]:
+                    d = mean_position(rows[b], n_of[b], j, cfg.ties) - mean_position(rows[b], n_of[b], i, cfg.ties)
+                    by_d.setdefault(d, []).append(torch.clamp(s(b, j) - s(b, i) + cfg.margin * d, min=0))
+            rank = sum(sum(v) / len(v) for v in by_d.values())
+    elif obj == "rrhf":
+        rank = sum(sum(torch.relu(s(b, j) - s(b, i)) for i, j in pairs[b]) for b in range(B)) / B
+    elif obj in ("pro", "listmle"):
+        total = 0.0
+        for b in range(B):
+            for k in range(n_of[b]):
+                below = [j for i, j in pairs[b] if i == k]
+                if not below:
+                    continue
+                if obj == "pro" and cfg.pro_temperature == "dynamic":
+                    w = {j: rows[b][k] - rows[b][j] for j in below}
+                    w_own = max(w.values())
+                else:
+                    t = 1.0 if obj == "listmle" else cfg.pro_temperature
+                    w = {j: 1.0 / t for j in below}
+                    w_own = 1.0 / t
+                z = torch.exp(w_own * s(b, k)) + sum(torch.exp(w[j] * s(b, j)) for j in below)
+                total = total + torch.log(z) - w_own * s(b, k)
+        rank = total / B
+    else:
+        terms = []
+        for b in range(B):
+            for i, j in pairs[b]:
+                (pi, ni), (pj, nj) = seq(logps, mask, b, i), seq(logps, mask, b, j)
+                ri, rj = float(ref[b, i]), float(ref[b, j])
+                if obj == "dpo":
+                    terms.append(-F.logsigmoid(cfg.dpo_beta * ((pi - ri) - (pj - rj))))
+                elif obj == "ipo":
+                    terms.append(((pi - ri) / ni - (pj - rj) / nj - 1 / (2 * cfg.ipo_tau)) ** 2)
+                else:
+                    terms.append(-F.logsigmoid(cfg.simpo_beta * (s(b, i) - s(b, j)) - cfg.simpo_gamma))
+        rank = sum(terms) / len(terms) if terms else torch.zeros(())
+    weight, target = mle_settings(cfg)
+    slots = {"all": lambda b, k: bool(rank_mask[b, k]), "best": lambda b, k: k == 0,
+             "gold": lambda b, k: bool(gold_mask[b, k])}[target]
+    if weight == 0:  # not computed (logged as 0)
+        mle_term = mle = torch.zeros(())
+    elif obj == "pro":  # PRO: the summed NLL of the target, scaled by (N-1)² per record
+        scaled = plain = 0.0
+        used = 0
+        for b in range(B):
+            ks = [k for k in range(logps.shape[1]) if slots(b, k)]
+            if not ks:
+                continue
+            used += 1
+            nll = sum(-seq(logps, mask, b, k)[0] for k in ks) / len(ks)
+            scaled, plain = scaled + (n_of[b] - 1) ** 2 * nll, plain + nll
+        mle_term, mle = scaled / used, plain / used
+    else:
+        num, den = 0.0, 0
+        for b in range(B):
+            for k in range(logps.shape[1]):
+                if slots(b, k):
+                    for t in range(logps.shape[2]):
+                        if mask[b, k, t]:
+                            num, den = num - logps[b, k, t], den + 1
+        mle_term = mle = num / den
+    return weight * mle_term + cfg.rank_weight * rank, rank, mle
+
+
+CASES = [
+    ("tuna", {"ties": "skip"}), ("tuna", {"ties": "skip", "pair_reduction": "all_pairs_sum"}),
+    ("tuna", {"ties": "ordered", "margin": 0.3, "beta": 1.3}),
+    ("rrhf", {}), ("rrhf", {"ties": "skip", "beta": 0.7}),
+    ("pro", {}), ("pro", {"ties": "skip"}), ("pro", {"pro_temperature": 0.5}), ("pro", {"pro_temperature": 2.0, "ties": "skip"}),
+    ("listmle", {}), ("listmle", {"ties": "skip", "mle_weight": 0.3}),
+    ("dpo", {}), ("dpo", {"ties": "skip", "pairs": "adjacent", "dpo_beta": 0.5}), ("dpo", {"pairs": "adjacent"}),
+    ("ipo", {}), ("ipo", {"ties": "skip", "ipo_tau": 0.3, "mle_weight": 0.5, "mle_target": "gold"}),
+    ("simpo", {}), ("simpo", {"ties": "skip", "pairs": "adjacent", "simpo_gamma": 1.0, "beta": 0.0}),
+]
+
+
+@pytest.mark.parametrize(("objective", "knobs"), CASES, ids=[f"{o}-{'-'.join(f'{k}={v}' for k, v in kn.items())}" for o, kn in CASES])
+def test_objective_value_and_gradient_match_slow_reference(objective, knobs):
+    logps, mask, rank_mask, gold_mask, rank_scores, ref = make_inputs()
+    cfg = LossConfig(objective=objective, **knobs)
+    out = objective_loss(logps, mask, rank_mask, gold_mask, cfg, rank_scores=rank_scores, ref_logps=ref)
+    g_fast = torch.autograd.grad(out.loss, logps)[0]
+
+    logps2 = logps.detach().clone().requires_grad_(True)
+    loss, rank, mle = slow_objective(logps2, mask, rank_mask, gold_mask, rank_scores, ref, cfg)
+    g_ref = torch.autograd.grad(loss, logps2)[0]
+    assert float(out.rank) == pytest.approx(float(rank), rel=1e-5, abs=1e-6)
+    assert float(out.mle) == pytest.approx(float(mle), rel=1e-5, abs=1e-6)
+    assert float(out.loss) == pytest.approx(float(loss), rel=1e-5, abs=1e-6)
+    assert float(out.rank) != 0.0
+    torch.testing.assert_close(g_fast, g_ref, atol=1e-6, rtol=1e-5)
+
+
+def test_every_registered_objective_is_tested():
+    assert {o for o, _ in CASES} == set(OBJECTIVES) and len(CASES) == 18
+
+
+# ----------------------------------------------------------------------------------------------- ties
+
+
+def test_ordered_ties_with_scores_are_bit_identical_to_the_plain_tuna_loss():
+    logps, mask, rank_mask, gold_mask, rank_scores, _ = make_inputs(1)
+    cfg = LossConfig()
+    a = tuna_loss(logps, mask, rank_mask, gold_mask, cfg)
+    b = objective_loss(logps, mask, rank_mask, gold_mask, cfg, rank_scores=rank_scores)
+    assert torch.equal(a.loss, b.loss)
+    assert torch.equal(torch.autograd.grad(a.loss, logps)[0], torch.autograd.grad(b.loss, logps)[0])
+
+
+@pytest.mark.parametrize("reduction", ["per_distance_mean", "all_pairs_sum"])
+def test_skip_without_ties_equals_ordered(reduction):
+    torch.manual_seed(0)
+    scores = torch.randn(3, 5, requires_grad=True)
+    cand = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    distinct = torch.tensor([[5.0, 4, 3, 2, 1], [3, 2, 1, NAN, NAN], [9, 8, 1, 0, NAN]])
+    plain = ranking_loss(scores, 0.2, reduction, cand)
+    tied_path = ranking_loss(scores, 0.2, reduction, cand, groups=tie_groups(distinct, cand, "skip"))
+    assert float(tied_path) == pytest.approx(float(plain), rel=1e-6)
+    g1, g2 = (torch.autograd.grad(x, scores)[0] for x in (plain, tied_path))
+    torch.testing.assert_close(g1, g2)
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_skip_makes_every_objective_blind_to_the_order_of_tied_candidates(objective):
+    """Swapping two tied candidates (their texts, hence their log-probs) leaves the loss unchanged under skip."""
+    logps, mask, rank_mask, gold_mask, rank_scores, ref = make_inputs(2)
+    cfg = LossConfig(objective=objective, ties="skip", pro_temperature=0.7 if objective == "pro" else "dynamic")
+    perm = torch.arange(5)
+    perm[1], perm[2] = 2, 1  # record 0: candidates 1 and 2 share score 2.0
+    swapped = [t.detach().clone() for t in (logps, mask, ref)]
+    for t in swapped:
+        t[0] = t[0][perm]
+    a = objective_loss(logps.detach(), mask, rank_mask, gold_mask, cfg, rank_scores=rank_scores, ref_logps=ref)
+    b = objective_loss(swapped[0], swapped[1], rank_mask, gold_mask, cfg, rank_scores=rank_scores, ref_logps=swapped[2])
+    assert float(a.rank) == pytest.approx(float(b.rank), rel=1e-6)
+    ordered = objective_loss(swapped[0], swapped[1], rank_mask, gold_mask, LossConfig(objective=objective), rank_scores=rank_scores,
+                             ref_logps=swapped[2])
+    assert float(ordered.rank) != pytest.approx(float(b.rank), rel=1e-6)  # ordered: the swap matters
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_a_record_whose_candidates_all_tie_has_no_ranking_gradient(objective):
+    logps, mask, rank_mask, gold_mask, _, ref = make_inputs(3)
+    keep = slice(3, 4)  # one record, 5 candidates
+    scores = torch.full((1, 5), 0.25)
+    cfg = LossConfig(objective=objective, ties="skip", mle_weight=0.0, pro_temperature=1.0 if objective == "pro" else "dynamic")
+    out = objective_loss(logps[keep], mask[keep], rank_mask[keep], gold_mask[keep], cfg, rank_scores=scores, ref_logps=ref[keep])
+    assert float(out.loss) == 0.0
+    assert out.pairs is not None and not out.pairs.any()
+
+
+def test_tie_groups_unknown_scores_never_tie():
+    cand = torch.ones(2, 4, dtype=torch.bool)
+    groups = tie_groups(torch.tensor([[1.0, 1.0, NAN, NAN], [2.0, 2.0, 2.0, 1.0]]), cand, "skip")
+    assert groups.tolist() == [[0, 0, 1, 2], [0, 0, 0, 1]]
+    assert tie_groups(torch.tensor([[1.0, 1.0, 1.0, 1.0]]), cand[:1], "ordered").tolist() == [[0, 1, 2, 3]]
+    pairs = preference_pairs(cand[1:], groups[1:], "adjacent")
+    assert pairs[0].nonzero().tolist() == [[0, 3], [1, 3], [2, 3]]
+
+
+def test_pair_accuracy_counts_only_compared_pairs():
+    scores = torch.tensor([[0.0, 1.0, -1.0]])  # the student puts 1 above 0
+    cand = torch.ones(1, 3, dtype=torch.bool)
+    assert float(pair_accuracy(scores, cand)) == pytest.approx(2 / 3)
+    skip = preference_pairs(cand, tie_groups(torch.tensor([[2.0, 2.0, 1.0]]), cand, "skip"))
+    assert float(pair_accuracy(scores, cand, skip)) == 1.0  # the tied pair (0, 1) is not counted
+
+
+# ----------------------------------------------------------------------------------------------- reference code
+
+
+def test_rrhf_equals_the_rrhf_repository_formula():
+    """GanjinZero/RRHF train.py (batched version): diff = s[None] - s[:, None]; aval = (rw_diff > 0) & (diff < 0);
+    loss = -diff[aval].sum() over the whole batch; ours averages records, so ours · B equals it."""
+    torch.manual_seed(0)
+    s = torch.randn(3, 4)
+    rw = torch.tensor([[3.0, 2.0, 2.0, 1.0], [4.0, 3.0, 2.0, 1.0], [1.0, 1.0, 1.0, 0.0]])
+    diff = s.unsqueeze(1) - s.unsqueeze(-1)
+    rw_diff = rw.unsqueeze(1) - rw.unsqueeze(-1)
+    aval = torch.bitwise_and(rw_diff > 0, diff < 0)
+    theirs = -diff[aval].sum()
+    cand = torch.ones(3, 4, dtype=torch.bool)
+    from tuna.losses import rrhf_loss
+
+    ours = rrhf_loss(s, preference_pairs(cand, tie_groups(rw, cand, "skip")))
+    assert float(ours) * 3 == pytest.approx(float(theirs), rel=1e-6)
+
+
+def test_pro_equals_the_pro_repository_formula():
+    """DAMO-ConvAI PRO/train/utils/process_manager.py compute_loss, with ties ordered as its loop does."""
+    torch.manual_seed(1)
+    B, N, T = 3, 4, 5
+    logps = -torch.rand(B, N, T) * 2
+    mask = torch.arange(T)[None, None, :] < torch.randint(1, T + 1, (B, N))[..., None]
+    rewards = torch.tensor([[2.0, 1.5, 1.5, -1.0], [0.3, 0.2, 0.1, 0.0], [5.0, 1.0, 0.0, -2.0]])
+    sum_scores = (logps * mask).sum(-1)
+    scores = sum_scores / mask.sum(-1)
+    theirs = 0.0
+    eps = 1e-10
+    for time in range(N - 1):
+        neg_reward, pos_reward = rewards[:, time + 1 :], rewards[:, time]
+        neg_t = pos_reward.view(-1, 1) - neg_reward
+        pos_t = torch.max(neg_t, dim=1).values
+        loss = torch.log(eps + torch.exp(scores[:, time] * pos_t) + torch.sum(torch.exp(scores[:, time + 1 :] * neg_t), dim=1)) \
+            - scores[:, time] * pos_t
+        theirs = theirs + torch.mean(loss)
+    sft_weight = 0.05
+    theirs = theirs + sft_weight * math.pow(N - 1, 2) * torch.mean(-sum_scores[:, 0])
+
+    rank_mask = torch.ones(B, N, dtype=torch.bool)
+    out = objective_loss(logps, mask, rank_mask, None, LossConfig(objective="pro"), rank_scores=rewards)
+    assert float(out.loss) == pytest.approx(float(theirs), rel=1e-6)
+
+
+def test_dpo_ipo_simpo_equal_trl_and_simpo_formulas_on_the_implied_pairs():
+    torch.manual_seed(2)
+    B, N, T = 2, 3, 6
+    logps = -torch.rand(B, N, T) * 2
+    mask = torch.arange(T)[None, None, :] < torch.randint(2, T + 1, (B, N))[..., None]
+    ref = -torch.rand(B, N) * 8
+    rank_mask = torch.ones(B, N, dtype=torch.bool)
+    sums, lens = (logps * mask).sum(-1), mask.sum(-1)
+    chosen = [(b, i) for b in range(B) for i, j in itertools.combinations(range(N), 2)]
+    rejected = [(b, j) for b in range(B) for i, j in itertools.combinations(range(N), 2)]
+
+    def col(t, idx):
+        return torch.stack([t[b, k] for b, k in idx])
+
+    pc, pr, rc, rr = col(sums, chosen), col(sums, rejected), col(ref, chosen), col(ref, rejected)
+    lc, lr = col(lens, chosen).float(), col(lens, rejected).float()
+    beta = 0.1
+    dpo = (-F.logsigmoid(beta * ((pc - pr) - (rc - rr)))).mean()  # TRL loss_type="sigmoid", label_smoothing 0
+    ipo = ((((pc - rc) / lc) - ((pr - rr) / lr) - 1 / (2 * beta)) ** 2).mean()  # TRL loss_type="ipo"
+    simpo_beta, gamma_beta_ratio = 2.0, 0.25  # SimPO simpo_trainer.py defaults
+    simpo = (-F.logsigmoid(simpo_beta * ((pc / lc - pr / lr) - gamma_beta_ratio))).mean()
+    for name, expected in (("dpo", dpo), ("ipo", ipo), ("simpo", simpo)):
+        out = objective_loss(logps, mask, rank_mask, None, LossConfig(objective=name), ref_logps=ref)
+        assert float(out.loss) == pytest.approx(float(expected), rel=1e-6), name
+
+
+def test_listmle_is_minus_log_of_the_plackett_luce_probability_of_the_ranking():
+    """Per-permutation reference: the PL probabilities of all 4! orders sum to 1, and the loss of a record is
+    −log of its ranking's probability."""
+    torch.manual_seed(3)
+    s = torch.randn(1, 4, dtype=torch.float64)
+
+    def prob(order):
+        p, left = 1.0, list(order)
+        for k in order:
+            p *= math.exp(float(s[0, k])) / sum(math.exp(float(s[0, j])) for j in left)
+            left.remove(k)
+        return p
+
+    perms = list(itertools.permutations(range(4)))
+    assert len(perms) == 24 and sum(prob(p) for p in perms) == pytest.approx(1.0, rel=1e-12)
+    cand = torch.ones(1, 4, dtype=torch.bool)
+    loss = plackett_luce_loss(s, preference_pairs(cand, tie_groups(None, cand, "ordered")))
+    assert float(loss) == pytest.approx(-math.log(prob((0, 1, 2, 3))), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+def test_objective_defaults_and_requirements():
+    assert mle_settings(LossConfig()) == (1.0, "all")
+    assert mle_settings(LossConfig(objective="rrhf")) == (1.0, "best")
+    assert mle_settings(LossConfig(objective="dpo")) == (0.0, "best")
+    assert mle_settings(LossConfig(objective="dpo", mle_weight=0.2, mle_target="gold")) == (0.2, "gold")
+    assert required_candidate_fields(LossConfig(objective="dpo")) == ["ref_logprob"]
+    assert required_candidate_fields(LossConfig(objective="ipo", rank_weight=0.0)) == []
+    assert required_candidate_fields(LossConfig(objective="pro")) == ["score"]
+    assert required_candidate_fields(LossConfig(objective="pro", pro_temperature=1.0)) == []
+    assert required_candidate_fields(LossConfig(objective="simpo", ties="skip")) == []
+
+
+@pytest.mark.parametrize(("knobs", "field"), [
+    ({"objective": "ppo"}, "loss.objective"), ({"ties": "hinge"}, "loss.ties"), ({"pairs": "best"}, "loss.pairs"),
+    ({"dpo_beta": 0.0}, "loss.dpo_beta"), ({"ipo_tau": -1.0}, "loss.ipo_tau"), ({"simpo_beta": 0}, "loss.simpo_beta"),
+    ({"simpo_gamma": -0.1}, "loss.simpo_gamma"), ({"pro_temperature": 0.0}, "loss.pro_temperature"),
+    ({"pro_temperature": "hot"}, "loss.pro_temperature"), ({"mle_weight": -1.0}, "loss.mle_weight")])
+def test_bad_objective_knobs_are_named(knobs, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        LossConfig(**knobs)
+
+
+def test_records_validate_with_and_without_reference_fields():
+    from tuna.errors import TunaError
+    from tuna.records import parse_record
+
+    base = {"id": "1", "instruction": "x", "ranking": {"by": "teacher"}}
+    plain = parse_record({**base, "candidates": [{"text": "a", "score": 1.0}, {"text": "b", "score": 0.0}]})
+    assert plain.candidates[0].ref_logprob is None
+    ref = parse_record({**base, "candidates": [{"text": "a", "ref_logprob": -12.5, "ref_tokens": 7, "ref_model": "m"}]})
+    assert (ref.candidates[0].ref_logprob, ref.candidates[0].ref_tokens) == (-12.5, 7)
+    assert '"ref_logprob": -12.5' in ref.dump()
+    with pytest.raises(TunaError, match=r"candidates\[0\]\.ref_tokens"):
+        parse_record({**base, "candidates": [{"text": "a", "ref_logprob": -1.0, "ref_tokens": 0}]}, path="f.jsonl", line=3)
+    with pytest.raises(TunaError, match=r"candidates\[0\]\.ref_logprob"):
+        parse_record({**base, "candidates": [{"text": "a", "ref_logprob": float("nan"), "ref_tokens": 2}]})
