@@ -376,17 +376,15 @@ def reference(
         limit: Use at most this many records.
         offset: Skip this many records first.
     """
+    import typing
+
     import torch
     from tqdm.auto import tqdm
 
-    from tuna.config import DataConfig
+    from tuna.config import DataConfig, LogprobMode
     from tuna.feedback.reference import reference_logprobs, with_reference
     from tuna.models import load_model, load_tokenizer
     from tuna.precision import device_type, resolve_dtype
-
-    import typing
-
-    from tuna.config import LogprobMode
 
     modes = typing.get_args(LogprobMode)
     if logprob_mode not in modes:
