@@ -204,8 +204,9 @@ class Check:
 
         from tuna.data import DataConfig, collate_padded, tokenize_record
         from tuna.forward import response_token_logprobs
+        from tuna.importers import import_vicuna_answers
         from tuna.models import load_model, load_tokenizer
-        from tuna.records import Ranking, import_vicuna_answers, write_records
+        from tuna.records import Ranking, write_records
 
         data = Path(self.env["TUNA_SHARED_DATA"])
         recs = import_vicuna_answers(data / VICUNA_FILES[0], data / VICUNA_FILES[1])[:16]
@@ -258,7 +259,8 @@ class Check:
             self.write("gpu_vllm.json", {"status": "skipped", "reason": "vLLM is not installed here"})
             return {"status": "skipped", "reason": "vLLM is not installed here"}
         sys.path.insert(0, str(REPO))
-        from tuna.records import import_vicuna_answers, write_records
+        from tuna.importers import import_vicuna_answers
+        from tuna.records import write_records
 
         data = Path(self.env["TUNA_SHARED_DATA"])
         recs = import_vicuna_answers(data / VICUNA_FILES[0], data / VICUNA_FILES[1])[:32]

@@ -37,7 +37,8 @@ SHARED = Path(os.environ.get("TUNA_SHARED_DATA", REPO.parent / "shared" / "data"
 OUT = REPO / "results" / "benchmarks" / "judge.json"
 
 from tuna.feedback.judge import kendall_tau_b  # noqa: E402
-from tuna.records import Candidate, import_alpaca, read_records, write_records  # noqa: E402
+from tuna.importers import import_alpaca  # noqa: E402
+from tuna.records import Candidate, read_records, write_records  # noqa: E402
 
 KINDS = ("gold", "off_topic", "refusal", "cut")
 

@@ -77,8 +77,8 @@ LLAMA_3_2_1B = dict(  # meta-llama/Llama-3.2-1B config.json
 
 
 def load_items(n_cand: int = 4, max_length: int = 512):
+    from tuna.importers import import_vicuna_answers
     from tuna.models import load_tokenizer, resolve
-    from tuna.records import import_vicuna_answers
 
     tok = load_tokenizer(resolve("smollm2-135m-instruct"))
     recs = import_vicuna_answers(SHARED / "vicuna_qa/old_eval_answers.jsonl.gz", SHARED / "vicuna_qa/question.jsonl")

@@ -236,7 +236,8 @@ def provenance(model: str | None) -> dict[str, Any]:
     ident: dict[str, Any] = {"ref": model}
     if model:
         try:
-            from tuna.models import model_identity, resolve
+            from tuna.hashing import model_identity
+            from tuna.models import resolve
 
             ident = model_identity(model)
             if not Path(model).exists():
@@ -281,7 +282,7 @@ def start_run(out_root: str, benchmark: str, model: str, settings: dict[str, Any
     """The run folder for these settings. A model folder's content fingerprint is added to ``settings`` (in place,
     so results record it too): a model retrained at the same path gets new predictions, not the cached ones."""
     if model and (Path(model) / "config.json").exists():
-        from tuna.models import content_fingerprint
+        from tuna.hashing import content_fingerprint
 
         settings["model_fingerprint"] = content_fingerprint(model)
     d = run_dir(out_root, benchmark, model, settings)

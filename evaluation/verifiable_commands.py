@@ -78,7 +78,7 @@ def rank(input: str, out: str, by: str = "task", limit: int | None = None, offse
         offset: Skip this many records first.
     """
     from evaluation.verifiable import VERIFIERS, count_pairs, rank_by_verifier
-    from tuna.feedback.commands import load_inputs
+    from tuna.importers import load_inputs
     from tuna.records import JsonlAppender
 
     if by not in VERIFIERS:

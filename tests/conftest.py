@@ -48,7 +48,8 @@ def tiny_model(smol_tokenizer):
 def vicuna_ranked(shared_data, tmp_path_factory) -> Path:
     """16 real Vicuna questions, each with 4 real answers from different models, in file order as a ranking
     (a stand-in ranking for mechanics tests; `tuna score`/`tuna judge` make real ones)."""
-    from tuna.records import Ranking, import_vicuna_answers, write_records
+    from tuna.importers import import_vicuna_answers
+    from tuna.records import Ranking, write_records
 
     recs = import_vicuna_answers(shared_data / "vicuna_qa/old_eval_answers.jsonl.gz", shared_data / "vicuna_qa/question.jsonl")
     out = []

@@ -31,7 +31,7 @@ WINDOW = 16
 def items(shared_data, smol_tokenizer):
     """6 real Vicuna questions with 1–5 real answers each (ragged N), cut to different lengths (4–110 tokens),
     one answer emptied (a slot with a prompt and no response tokens)."""
-    from tuna.records import import_vicuna_answers
+    from tuna.importers import import_vicuna_answers
 
     recs = import_vicuna_answers(shared_data / "vicuna_qa/old_eval_answers.jsonl.gz", shared_data / "vicuna_qa/question.jsonl")
     cfg = DataConfig(max_length=128, min_response_tokens=4)

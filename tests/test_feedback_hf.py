@@ -106,7 +106,7 @@ def test_vllm_backend_reports_missing_install() -> None:
 @pytest.mark.slow
 def test_smol_batched_greedy_equals_one_at_a_time(smol_dir, shared_data) -> None:
     """Left-padded batches must not change greedy outputs (the padding and position ids are right)."""
-    from tuna.records import import_alpaca
+    from tuna.importers import import_alpaca
 
     recs = import_alpaca(shared_data / "alpaca/alpaca_data_reconstructed.jsonl.gz", limit=2)
     gen = HFGenerator(smol_dir, batch_size=2, dtype="float32")  # exact padding check: fp32

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tuna.records import Candidate, import_alpaca, read_records, write_records
+from tuna.importers import import_alpaca
+from tuna.records import Candidate, read_records, write_records
 
 pytest.importorskip("llama_cpp")
 REPO = Path(__file__).resolve().parents[1]

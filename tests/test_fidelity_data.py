@@ -17,7 +17,8 @@ import torch.nn as nn
 from tuna.config import DataConfig, LossConfig, ModelConfig, OptimConfig
 from tuna.data import RankedCandidatesDataModule
 from tuna.errors import TunaError
-from tuna.records import import_tuna_davinci, import_tuna_gpt4_ranking, write_records
+from tuna.importers import import_tuna_davinci, import_tuna_gpt4_ranking
+from tuna.records import write_records
 from tuna.stages import TunaModule
 
 RELEASED = Path(__file__).parent / "fixtures" / "released"

@@ -18,8 +18,9 @@ from fault_server import send_json
 
 from tuna.feedback.commands import judge
 from tuna.feedback.judge import PAPER_TEMPLATE, build_prompt, judge_instruction, parse_rank_reply, parse_rank_reply_released
+from tuna.importers import import_alpaca, import_tuna_gpt4_ranking
 from tuna.prompts import alpaca_prompt
-from tuna.records import Candidate, Record, import_alpaca, import_tuna_gpt4_ranking, read_records, write_records
+from tuna.records import Candidate, Record, read_records, write_records
 
 RELEASED = Path(__file__).parent / "fixtures" / "released"
 

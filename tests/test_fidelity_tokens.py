@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from tuna.data import DataConfig, RankedCandidatesDataModule
+from tuna.importers import import_tuna_davinci, import_tuna_gpt4_ranking, import_tuna_train
 from tuna.models import ensure_pad_token
-from tuna.records import import_tuna_davinci, import_tuna_gpt4_ranking, import_tuna_train, write_records
+from tuna.records import write_records
 
 RELEASED = Path(__file__).parent / "fixtures" / "released"
 IGNORE_INDEX = -100

@@ -73,7 +73,8 @@ def test_content_fingerprint_sees_retrained_weights(smol_tokenizer, tmp_path):
     the evaluation cache key on it), and it is memoised until a file changes."""
     import torch
 
-    from tuna.models import content_fingerprint, tiny_model
+    from tuna.hashing import content_fingerprint
+    from tuna.models import tiny_model
 
     m = tiny_model(smol_tokenizer, seed=0)
     m.save_pretrained(tmp_path / "a")

@@ -22,7 +22,7 @@ of the (default) span attention."""
 def vicuna_items(shared_data, smol_tokenizer):
     """6 real Vicuna questions with 1–5 real answers each (different N), the answers cut after different numbers
     of words so the lengths differ within a record (a few to ~60 tokens; kept short for CI)."""
-    from tuna.records import import_vicuna_answers
+    from tuna.importers import import_vicuna_answers
 
     recs = import_vicuna_answers(shared_data / "vicuna_qa/old_eval_answers.jsonl.gz", shared_data / "vicuna_qa/question.jsonl")
     cfg = DataConfig(max_length=128, min_response_tokens=4)

@@ -13,16 +13,8 @@ from pathlib import Path
 import pytest
 
 from tuna.errors import TunaError
-from tuna.records import (
-    JsonlAppender,
-    atomic_write_json,
-    import_alpaca,
-    import_tuna_davinci,
-    import_tuna_gpt4_ranking,
-    import_tuna_train,
-    read_records,
-    repair_jsonl,
-)
+from tuna.importers import import_alpaca, import_tuna_davinci, import_tuna_gpt4_ranking, import_tuna_train
+from tuna.records import JsonlAppender, atomic_write_json, read_records, repair_jsonl
 
 GOOD = {"id": "a", "instruction": "Say hi.", "candidates": [{"text": "hi", "score": -0.5}, {"text": "hello", "score": -0.9}],
         "ranking": {"by": "teacher"}}

@@ -177,7 +177,8 @@ def assert_valid_tree(root: Path) -> dict[str, int]:
 def candidate_sets(shared_data: Path, path: Path, n: int, *, k: int = 4, offset: int = 0) -> list[str]:
     """Real Alpaca instructions with ``k`` candidates each; every candidate carries a ``[[rec:<id>]]`` tag so the
     fault server can tell which record a request is for."""
-    from tuna.records import Candidate, import_alpaca, write_records
+    from tuna.importers import import_alpaca
+    from tuna.records import Candidate, write_records
 
     recs = import_alpaca(shared_data / "alpaca/alpaca_data_reconstructed.jsonl.gz", limit=n, offset=offset)
     for r in recs:
@@ -734,8 +735,9 @@ def _needles(key: str) -> list[bytes]:
 
 
 def test_api_key_from_env_or_key_file(shared_data, tmp_path, key, monkeypatch) -> None:
-    from tuna.feedback.client import JudgeClient, read_api_key
+    from tuna.feedback.client import JudgeClient
     from tuna.feedback.generators import OpenAIGenerator
+    from tuna.feedback.keys import read_api_key
 
     inp = tmp_path / "sets.jsonl"
     candidate_sets(shared_data, inp, 3)

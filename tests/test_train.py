@@ -129,7 +129,8 @@ def test_sft_on_the_embedded_model_with_real_alpaca(shared_data, tmp_path):
     """One real SmolLM2 step on real Alpaca records, exported and reloaded by plain transformers."""
     from transformers import AutoModelForCausalLM
 
-    from tuna.records import import_alpaca, write_records
+    from tuna.importers import import_alpaca
+    from tuna.records import write_records
 
     data = tmp_path / "alpaca.jsonl"
     write_records(data, import_alpaca(shared_data / "alpaca/alpaca_data_reconstructed.jsonl.gz", limit=4))

@@ -121,7 +121,8 @@ def import_records(fmt: str, path: str, out: str, limit: int | None = None, beta
         missing: tuna-gpt4: last | drop the responses GPT-4 left out of its ranking (duplicates).
         alpaca: tuna-gpt4: Alpaca data that gives each record the gold of its instruction (for data.regularizer).
     """
-    from tuna.records import IMPORTERS, write_records
+    from tuna.importers import IMPORTERS
+    from tuna.records import write_records
 
     if fmt not in IMPORTERS:
         raise TunaError(f"unknown format {fmt!r} ({' | '.join(IMPORTERS)})", field="fmt")

@@ -48,8 +48,9 @@ from torch.utils.data import DataLoader
 
 from tuna.config import DataConfig
 from tuna.errors import TunaError
+from tuna.importers import read_gold_pairs
 from tuna.prompts import render_prompt
-from tuna.records import Candidate, Ranking, Record, read_gold_pairs, read_records
+from tuna.records import Candidate, Ranking, Record, read_records
 
 log = logging.getLogger(__name__)
 

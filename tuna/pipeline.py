@@ -355,7 +355,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         sft_data = run / "sft.records.jsonl"
 
         def do_import() -> None:
-            from tuna.records import import_alpaca, write_records
+            from tuna.importers import import_alpaca
+            from tuna.records import write_records
 
             write_records(sft_data, import_alpaca(src, limit=cfg.sft_instructions.limit, offset=cfg.sft_instructions.offset))
 
@@ -473,7 +474,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def _model_hash(ref: str) -> str:
-    from tuna.models import content_fingerprint
+    from tuna.hashing import content_fingerprint
 
     p = Path(ref)
     if p.is_dir() and (p / "config.json").exists():

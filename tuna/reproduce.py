@@ -78,7 +78,7 @@ def released_format(path: str | Path) -> str:
 
 
 def _import(path: str, allowed: tuple[str, ...], what: str, alpaca: str | None) -> tuple[str, list[Any]]:
-    from tuna.records import IMPORTERS
+    from tuna.importers import IMPORTERS
 
     fmt = released_format(path)
     if fmt not in allowed:

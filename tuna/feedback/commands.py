@@ -9,8 +9,6 @@ torch and transformers are imported only inside the commands.
 from __future__ import annotations
 
 import contextlib
-import gzip
-import json
 import logging
 import os
 import time
@@ -19,64 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from tuna.errors import TunaError
-from tuna.records import JsonlAppender, Record, atomic_write_json, import_alpaca, parse_record
+from tuna.importers import load_inputs
+from tuna.records import JsonlAppender, Record, atomic_write_json
 
 log = logging.getLogger(__name__)
 
 ALPACA_STOP = ["\n### Instruction", "\n### Input", "\n### Response"]
-
-
-def _detect_format(path: Path) -> str:
-    if not path.exists():
-        raise TunaError("file does not exist", path=path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        for raw in f:
-            s = raw.strip()
-            if not s:
-                continue
-            if s.startswith(b"["):
-                return "alpaca"
-            try:
-                obj = json.loads(s)
-            except json.JSONDecodeError:
-                return "alpaca"  # a pretty-printed JSON array or object; import_alpaca reports problems
-            return "tuna" if isinstance(obj, dict) and "candidates" in obj else "alpaca"
-    raise TunaError("holds no records", path=path)
-
-
-def load_inputs(path: str, *, fmt: str = "auto", limit: int | None = None, offset: int = 0, kind: str = "any",
-                min_candidates: int = 1) -> list[Record]:
-    """Tuna records (JSONL) or Alpaca JSON/JSONL, sliced by ``offset``/``limit``."""
-    from tuna.records import iter_json_lines
-
-    p = Path(path)
-    fmt = _detect_format(p) if fmt == "auto" else fmt
-    if fmt == "alpaca":
-        return import_alpaca(p, limit=limit, offset=offset)
-    if fmt != "tuna":
-        raise TunaError(f"unknown input format {fmt!r} (auto | tuna | alpaca)", field="input_format")
-    out: list[Record] = []
-    seen: set[str] = set()
-    i = -1
-    for i, (line, obj) in enumerate(iter_json_lines(p)):
-        if i < offset:
-            continue
-        if limit is not None and len(out) >= limit:
-            break
-        rec = parse_record(obj, path=p, line=line)
-        if rec.id in seen:
-            raise TunaError(f"duplicate id {rec.id!r}", path=p, line=line, field="id")
-        if kind == "ranked" and rec.ranking is None:
-            raise TunaError("expected a ranked set", path=p, line=line, field="ranking")
-        if len(rec.candidates) < min_candidates:
-            raise TunaError(f"has {len(rec.candidates)} candidate(s), at least {min_candidates} needed to rank",
-                            path=p, line=line, field="candidates")
-        seen.add(rec.id)
-        out.append(rec)
-    if i < 0:
-        raise TunaError("holds no records", path=p)
-    return out
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from tuna.errors import TunaError
+from tuna.feedback.keys import read_api_key
 
 log = logging.getLogger(__name__)
 
@@ -317,8 +318,6 @@ class OpenAIGenerator:
 
         if self.mode not in ("completions", "chat"):
             raise TunaError(f"unknown mode {self.mode!r} (completions | chat)", field="mode")
-        from tuna.feedback.client import read_api_key
-
         key = read_api_key(self.api_key_env, self.api_key_file)
         if not key and self.base_url is None:
             raise TunaError(f"environment variable {self.api_key_env} is not set and no api_key_file given (needed for the OpenAI API)")
