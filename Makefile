@@ -13,7 +13,7 @@ test: setup
 	$(PY) -m pytest -q --durations=15
 
 lint: setup
-	$(VENV)/bin/ruff check tuna evaluation tests benchmarks
+	$(VENV)/bin/ruff check tuna tuna_recipes evaluation tests benchmarks
 
 bench: setup
 	$(PY) benchmarks/ranking_step.py && $(PY) benchmarks/sampling.py && $(PY) benchmarks/superni_metric.py && $(PY) benchmarks/judge.py

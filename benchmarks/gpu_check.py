@@ -222,7 +222,7 @@ class Check:
         gpu = self.device == "cuda"
         trainer = (["--trainer.accelerator", "gpu", "--trainer.strategy", "fsdp", "--trainer.precision", "bf16-mixed"] if gpu
                    else ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true"])  # CPU: the plumbing only
-        cmd = [sys.executable, "-m", "tuna", "train", "prob-rank", "--model.name_or_path", "smollm2-135m-instruct",
+        cmd = [sys.executable, "-m", "tuna_recipes", "train", "prob-rank", "--model.name_or_path", "smollm2-135m-instruct",
                "--data.train_file", str(ranked), "--data.batch_size", "4", "--data.max_length", "512" if gpu else "96",
                "--trainer.devices", "1", *trainer, "--trainer.max_steps", "4", "--out_dir", str(out)]
         t0 = time.monotonic()
@@ -270,7 +270,7 @@ class Check:
         write_records(src, recs)
         dst.unlink(missing_ok=True)
         t0 = time.monotonic()
-        self.sub([sys.executable, "-m", "tuna", "sample", "--input", str(src), "--out", str(dst), "--model",
+        self.sub([sys.executable, "-m", "tuna_recipes", "sample", "--input", str(src), "--out", str(dst), "--model",
                   "smollm2-135m-instruct", "--backend", "vllm", "--n", "4", "--max_new_tokens", "128", "--dedup", "false"],
                  timeout=240)
         wall = time.monotonic() - t0

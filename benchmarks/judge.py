@@ -33,7 +33,9 @@ sys.path.insert(0, str(REPO))
 
 from env import env_info, env_tag  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
 
-SHARED = Path(os.environ.get("TUNA_SHARED_DATA", REPO.parent / "shared" / "data"))
+from tuna.paths import data_dir  # noqa: E402
+
+SHARED = data_dir()
 OUT = REPO / "results" / "benchmarks" / "judge.json"
 
 from tuna.feedback.judge import kendall_tau_b  # noqa: E402
@@ -80,7 +82,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
-    from tuna.feedback.commands import judge, score
+    from tuna.feedback.commands import JudgeJob, ScoreJob, run_judge, run_score
 
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
@@ -91,9 +93,9 @@ def main() -> None:
         for label in ("cold_cache", "warm_cache"):
             out = t / f"judged_{label}.jsonl"
             t0 = time.perf_counter()
-            judge(input=str(sets), out=str(out), model="smollm2-135m-instruct", backend="llamacpp",
+            run_judge(JudgeJob(input=str(sets), out=str(out), model="smollm2-135m-instruct", backend="llamacpp",
                   constrain="rank_grammar", temperature=0.0, max_tokens=32, concurrency=1, cache_dir=str(cache),
-                  seed=args.seed)
+                  seed=args.seed))
             wall = time.perf_counter() - t0
             summ = json.loads((t / f"judged_{label}.summary.json").read_text())
             led = summ.get("ledger") or {}
@@ -103,7 +105,7 @@ def main() -> None:
         judged = orders(t / "judged_cold_cache.jsonl")
         assert judged == orders(t / "judged_warm_cache.jsonl"), "the cached re-run must give the same rankings"
         t0 = time.perf_counter()
-        score(input=str(sets), out=str(t / "teacher.jsonl"), method="forced", model="gemma3-270m", beta=1.0, batch_size=8)
+        run_score(ScoreJob(input=str(sets), out=str(t / "teacher.jsonl"), method="forced", model="gemma3-270m", beta=1.0, batch_size=8))
         teacher_s = time.perf_counter() - t0
         teacher = orders(t / "teacher.jsonl")
 

@@ -61,8 +61,9 @@ from tuna.data import DataConfig, EpochBatchSampler, collate_padded, tokenize_re
 from tuna.forward import response_token_logprobs  # noqa: E402
 from tuna.losses import LossConfig, mle_settings, tuna_loss  # noqa: E402
 from tuna.packing import layout_stats, packed_response_logprobs  # noqa: E402
+from tuna.paths import data_dir  # noqa: E402
 
-SHARED = Path(os.environ.get("TUNA_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED = data_dir()
 OUT = REPO / "results" / "benchmarks"
 VARIANTS = {"cpu": ["released", "chunked", "packed", "prefix_shared"],
             "cuda": ["released", "chunked", "packed/flex", "prefix_shared/spans", "prefix_shared/flex"]}

@@ -31,7 +31,9 @@ sys.path.insert(0, str(REPO))
 
 from env import env_info, env_tag  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
 
-SHARED = Path(os.environ.get("TUNA_SHARED_DATA", REPO.parent / "shared" / "data"))
+from tuna.paths import data_dir  # noqa: E402
+
+SHARED = data_dir()
 OUT = REPO / "results" / "benchmarks" / "sampling.json"
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import statistics
 import sys
 import time
@@ -29,7 +28,9 @@ sys.path.insert(0, str(REPO))
 
 from env import env_info, env_tag  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
 
-SHARED = Path(os.environ.get("TUNA_SHARED_DATA", REPO.parent / "shared" / "data"))
+from tuna.paths import data_dir  # noqa: E402
+
+SHARED = data_dir()
 OUT = REPO / "results" / "benchmarks" / "superni_metric.json"
 
 

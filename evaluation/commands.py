@@ -1,28 +1,18 @@
-"""``tuna eval superni|lmentry|vicuna`` and ``tuna report`` (registered by :mod:`tuna.cli` through ``COMMANDS``).
+"""``tuna eval superni|lmentry|vicuna`` and ``tuna report`` (registered by :mod:`tuna_recipes.cli` through ``COMMANDS``).
 
 Heavy imports (torch, transformers, rouge_score, matplotlib) happen inside the functions."""
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 from tuna.errors import TunaError
+from tuna.paths import data_dir, data_file
 
 log = logging.getLogger("tuna.eval")
-
-
-def _data_path(given: str | None, sub: str) -> str:
-    if given:
-        return given
-    root = Path(os.environ.get("TUNA_SHARED_DATA", Path.cwd().parent / "shared" / "data"))
-    p = root / sub
-    if not p.exists():
-        raise TunaError(f"no data given and the default {p} does not exist (pass --data or set TUNA_SHARED_DATA)", field="data")
-    return str(p)
 
 
 def _gen(backend: str, template: str, max_new_tokens: int, batch_size: int, dtype: str, device: str, base_url: str | None,
@@ -42,8 +32,7 @@ def _gen(backend: str, template: str, max_new_tokens: int, batch_size: int, dtyp
 
 
 def _references_default() -> str | None:
-    root = Path(os.environ.get("TUNA_SHARED_DATA", Path.cwd().parent / "shared" / "data"))
-    p = root / "superni" / "test_references.jsonl.gz"
+    p = data_dir() / "superni" / "test_references.jsonl.gz"
     return str(p) if p.exists() else None
 
 
@@ -109,7 +98,7 @@ def eval_superni(
 
     timer = Timer()
     if predictions:
-        key = references or _data_path(None, "superni/test_references.jsonl.gz")
+        key = references or data_file("superni/test_references.jsonl.gz", None)
         metrics = superni.score_prediction_file(predictions, key, tasks=tasks)
         out = Path(predictions).with_suffix(".metrics.json")
         from tuna.records import atomic_write_json
@@ -126,7 +115,7 @@ def eval_superni(
         raise TunaError("give --model (to generate) or --predictions (to score a file)", field="model")
     references = references or _references_default()
     if data is None:
-        data = _data_path(None, "superni/superni_test_slice.jsonl.gz")
+        data = data_file("superni/superni_test_slice.jsonl.gz", None)
         log.info("Super-NI: the 8-task slice (%s); --data full evaluates all 119 test tasks", data)
     data = superni.resolve_data(data, references=references)
     rows = superni.load_instances(data, limit=limit, tasks=tasks, references=references if superni.is_checkout(data) else None)
@@ -211,7 +200,7 @@ def eval_lmentry(
     from evaluation.superni import items_digest
 
     timer = Timer()
-    data = _data_path(data, "lmentry/lmentry_tasks.json.gz")
+    data = data_file("lmentry/lmentry_tasks.json.gz", data)
     all_tasks = lmentry.load_tasks(data)
     names = list(tasks) if tasks else [*CORE_TASKS, *(lmentry.SUBSET_TASKS if robustness_subsets else [])]
     unknown = [t for t in names if t not in all_tasks]
@@ -335,7 +324,7 @@ def eval_vicuna(
         raise TunaError(f"orders must be single | both, got {orders!r}", field="orders")
 
     timer = Timer()
-    data = _data_path(data, "vicuna_qa")
+    data = data_file("vicuna_qa", data)
     questions = vicuna.load_questions(data)[:limit] if limit else vicuna.load_questions(data)
     reviewers = vicuna.load_reviewers(data)
     if answers:

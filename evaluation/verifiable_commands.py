@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from tuna.errors import TunaError
-
-
-def _sha(path: str) -> str:
-    import hashlib
-
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
-
-
-def _shared(sub: str) -> str:
-    root = Path(os.environ.get("TUNA_SHARED_DATA", Path.cwd().parent / "shared" / "data"))
-    p = root / sub
-    if not p.exists():
-        raise TunaError(f"no data given and the default {p} does not exist (pass the path or set TUNA_SHARED_DATA)")
-    return str(p)
+from tuna.hashing import file_hash
+from tuna.paths import data_file
 
 
 def verifiable_data(
@@ -55,8 +41,8 @@ def verifiable_data(
     from evaluation.verifiable import make_splits
     from tuna.records import write_records
 
-    splits = make_splits(superni_data=superni_data or _shared("superni/superni_test_slice.jsonl.gz"),
-                         lmentry_data=lmentry_data or _shared("lmentry/lmentry_tasks.json.gz"),
+    splits = make_splits(superni_data=superni_data or data_file("superni/superni_test_slice.jsonl.gz", field="superni_data"),
+                         lmentry_data=lmentry_data or data_file("lmentry/lmentry_tasks.json.gz", field="lmentry_data"),
                          lmentry_eval_per_task=lmentry_eval_per_task, lmentry_val_per_task=lmentry_val_per_task,
                          lmentry_train_per_task=lmentry_train_per_task, superni_eval_per_task=superni_eval_per_task,
                          superni_val_per_task=superni_val_per_task, superni_train_per_task=superni_train_per_task, seed=seed)
@@ -143,7 +129,7 @@ def eval_verifiable(
         dtype = resolve_dtype(dtype, device)
     gen = GenerationSettings(backend=backend, template=template, max_new_tokens=max_new_tokens, batch_size=batch_size,
                              dtype=dtype, device=device, base_url=base_url)
-    settings = {"benchmark": "verifiable", "model": model, "data": str(data), "data_hash": _sha(data), "n": len(records),
+    settings = {"benchmark": "verifiable", "model": model, "data": str(data), "data_hash": file_hash(data), "n": len(records),
                 "by": by, **gen.hashed()}
     d = start_run(out_root, "verifiable", model, settings)
     prompts = render([r.instruction for r in records], template, model)
@@ -198,7 +184,7 @@ def eval_pairs(
     records = records[:limit] if limit else records
     device = device_type(device)
     dtype = resolve_dtype(dtype, device)
-    settings = {"benchmark": "pairs", "model": model, "data": str(data), "data_hash": _sha(data), "n": len(records),
+    settings = {"benchmark": "pairs", "model": model, "data": str(data), "data_hash": file_hash(data), "n": len(records),
                 "template": template, "max_length": max_length, "dtype": dtype}
     d = start_run(out_root, "pairs", model, settings)
     tok = load_tokenizer(model)

@@ -18,7 +18,7 @@ TRAIN_CONFIGS = sorted(p for p in (REPO / "experiments").rglob("*.yaml")
 def tuna(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "TUNA_PROGRESS": "0"}
     env.pop("TUNA_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "tuna", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run([sys.executable, "-m", "tuna_recipes", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 
 @pytest.mark.parametrize("config", TRAIN_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -77,7 +77,7 @@ def test_console_script_exits_zero_and_prints_no_return_value(shared_data, tmp_p
     import importlib.metadata as md
 
     (ep,) = [e for e in md.entry_points(group="console_scripts") if e.name == "tuna"]
-    assert ep.value == "tuna.cli:entry"
+    assert ep.value == "tuna_recipes.cli:entry"
     code = f"import sys; from {ep.module} import {ep.attr}; sys.exit({ep.attr}())"  # exactly what the wrapper does
     out = tmp_path / "a.jsonl"
     r = subprocess.run([sys.executable, "-c", code, "import", "--fmt", "alpaca", "--path",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tuna.cli import main
+from tuna_recipes.cli import main
 
 
 def _run(*args: str) -> str:

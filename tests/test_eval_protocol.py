@@ -47,8 +47,8 @@ def test_chat_template_is_the_models_own_alpaca_is_a_fixed_text():
 
 
 def test_paper_pipeline_evaluates_with_the_official_protocols_on_the_gpu():
-    from tuna.evaluate_steps import run_device
-    from tuna.pipeline import build_config
+    from tuna_recipes.pipeline.config import build_config
+    from tuna_recipes.pipeline.evaluate import run_device
 
     cfg = build_config(yaml.safe_load((REPO / "experiments/pipeline/paper.yaml").read_text()))
     e = cfg.evaluation
@@ -61,8 +61,8 @@ def test_paper_pipeline_evaluates_with_the_official_protocols_on_the_gpu():
 
 
 def test_demo_evaluates_where_it_trains():
-    from tuna.evaluate_steps import run_device
-    from tuna.pipeline import PipelineConfig
+    from tuna_recipes.pipeline.config import PipelineConfig
+    from tuna_recipes.pipeline.evaluate import run_device
 
     cfg = PipelineConfig()
     assert run_device(cfg.evaluation, [cfg.prob_rank.trainer, cfg.context_rank.trainer]) == "cpu"

@@ -124,7 +124,7 @@ def test_smol_batched_greedy_equals_one_at_a_time(smol_dir, shared_data) -> None
 @pytest.mark.slow
 def test_sample_score_train_pipeline(shared_data, tmp_path, smol_dir) -> None:
     """`tuna sample` (tiny model, real Alpaca) -> `tuna score` -> ranked sets the training data module accepts."""
-    from tuna.cli import main
+    from tuna_recipes.cli import main
 
     alp = shared_data / "alpaca/alpaca_data_reconstructed.jsonl.gz"
     cands, ranked = tmp_path / "c.jsonl", tmp_path / "r.jsonl"

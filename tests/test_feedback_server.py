@@ -92,7 +92,7 @@ def _ids(path: Path) -> list[str]:
 
 
 def _judge_cmd(sets: Path, out: Path, srv, cache: Path) -> list[str]:
-    return [sys.executable, "-m", "tuna.cli", "judge", "--input", str(sets), "--out", str(out), "--backend", "openai",
+    return [sys.executable, "-m", "tuna_recipes", "judge", "--input", str(sets), "--out", str(out), "--backend", "openai",
             "--base_url", srv.base_url, "--model", srv.model, "--template", str(SIMPLE_TEMPLATE), "--instruction_format", "plain",
             "--system_prompt", "null", "--temperature", "0", "--max_tokens", "16", "--fallback_scores", "true",
             "--concurrency", "1", "--cache_dir", str(cache), "--limit", "4"]
@@ -135,7 +135,7 @@ def test_judge_end_to_end_kill_resume_and_cache(llama_server, candidate_sets, tm
 @pytest.mark.slow
 def test_sample_kill_resume(shared_data, tmp_path, smol_dir) -> None:
     out = tmp_path / "cands.jsonl"
-    cmd = [sys.executable, "-m", "tuna.cli", "sample", "--input", str(shared_data / "alpaca/alpaca_data_reconstructed.jsonl.gz"),
+    cmd = [sys.executable, "-m", "tuna_recipes", "sample", "--input", str(shared_data / "alpaca/alpaca_data_reconstructed.jsonl.gz"),
            "--out", str(out), "--model", "tiny-random-llama", "--limit", "24", "--chunk_size", "2", "--n", "2",
            "--max_new_tokens", "24", "--dedup", "false"]
     proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -158,11 +158,11 @@ def test_grammar_constrained_judge_and_review_always_parse(llama_server, candida
     record (the order is the model's own choice); the Vicuna score grammar gives a parseable first line."""
     from evaluation.vicuna import SCORE_GRAMMAR, parse_review
     from tuna.feedback.client import ChatRequest, JudgeClient
-    from tuna.feedback.commands import judge
+    from tuna.feedback.commands import JudgeJob, run_judge
 
     out = tmp_path / "judged.jsonl"
-    judge(input=str(candidate_sets), out=str(out), model=llama_server.model, backend="openai", base_url=llama_server.base_url,
-          constrain="rank_grammar", max_tokens=32, concurrency=1, cache_dir=str(tmp_path / "cache"), limit=3)
+    run_judge(JudgeJob(input=str(candidate_sets), out=str(out), model=llama_server.model, backend="openai", base_url=llama_server.base_url,
+          constrain="rank_grammar", max_tokens=32, concurrency=1, cache_dir=str(tmp_path / "cache"), limit=3))
     recs = read_records(out, kind="ranked")
     assert len(recs) == 3 and all(r.ranking.method == "paper_prompt+rank_grammar" for r in recs)
     for r in recs:

@@ -19,7 +19,7 @@ from tuna.data import RankedCandidatesDataModule
 from tuna.errors import TunaError
 from tuna.importers import import_tuna_davinci, import_tuna_gpt4_ranking
 from tuna.records import write_records
-from tuna.stages import TunaModule
+from tuna.stages.base import TunaModule
 
 RELEASED = Path(__file__).parent / "fixtures" / "released"
 MARGIN, MLE_WEIGHT = 0.1, 1.0

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from fault_server import send_json
 
-from tuna.feedback.commands import judge
+from tuna.feedback.commands import JudgeJob, run_judge
 from tuna.feedback.judge import PAPER_TEMPLATE, build_prompt, judge_instruction, parse_rank_reply, parse_rank_reply_released
 from tuna.importers import import_alpaca, import_tuna_gpt4_ranking
 from tuna.prompts import alpaca_prompt
@@ -121,8 +121,8 @@ def test_the_request_tuna_judge_sends_is_the_released_one(recorder, tmp_path, mo
     write_records(cands, [Record(id=str(row["id"]), instruction="x", prompt=row["instruct"],
                                  candidates=[Candidate(text=t) for t in row["generation"]]) for row in rows])
     out = tmp_path / "ranked.jsonl"
-    judge(input=str(cands), out=str(out), model="gpt-4-0314", backend="openai", base_url=recorder, api_key_env="TUNA_TEST_KEY",
-          cache_dir=str(tmp_path / "cache"), concurrency=1, parser="released")
+    run_judge(JudgeJob(input=str(cands), out=str(out), model="gpt-4-0314", backend="openai", base_url=recorder, api_key_env="TUNA_TEST_KEY",
+          cache_dir=str(tmp_path / "cache"), concurrency=1, parser="released"))
     assert len(_Recorder.bodies) == 4
     raw_by_prompt = {json.loads(b)["messages"][-1]["content"]: b for b in _Recorder.bodies}
     for row in rows:
@@ -142,10 +142,10 @@ def test_local_judges_get_a_seed_api_judges_do_not(recorder, tmp_path, monkeypat
     monkeypatch.setenv("TUNA_TEST_KEY", "sk-test")
     cands = tmp_path / "c.jsonl"
     write_records(cands, [Record(id="a", instruction="Say hi.", candidates=[Candidate(text="hi"), Candidate(text="hello")])])
-    judge(input=str(cands), out=str(tmp_path / "o1.jsonl"), model="m", backend="openai", base_url=recorder,
-          api_key_env="TUNA_TEST_KEY", cache_dir=str(tmp_path / "c1"), request_seed=True, seed=7)
-    judge(input=str(cands), out=str(tmp_path / "o2.jsonl"), model="m", backend="openai", base_url=recorder,
-          api_key_env="TUNA_TEST_KEY", cache_dir=str(tmp_path / "c2"))
+    run_judge(JudgeJob(input=str(cands), out=str(tmp_path / "o1.jsonl"), model="m", backend="openai", base_url=recorder,
+          api_key_env="TUNA_TEST_KEY", cache_dir=str(tmp_path / "c1"), request_seed=True, seed=7))
+    run_judge(JudgeJob(input=str(cands), out=str(tmp_path / "o2.jsonl"), model="m", backend="openai", base_url=recorder,
+          api_key_env="TUNA_TEST_KEY", cache_dir=str(tmp_path / "c2")))
     assert [json.loads(b).get("seed") for b in _Recorder.bodies] == [7, None]
 
 

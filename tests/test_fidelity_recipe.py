@@ -13,9 +13,9 @@ import pytest
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from tuna.config import DataConfig, ModelConfig, OptimConfig, TrainerConfig
+from tuna.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, TrainerConfig
 from tuna.losses import LossConfig
-from tuna.train import TrainConfig, run_training
+from tuna.train import run_training
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ LLAMA_X = {"num_train_epochs": 3, "model_max_length": 512, "per_device_train_bat
 
 def printed_config(stage: str, path: Path) -> dict:
     env = {**os.environ, "TUNA_PROGRESS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "tuna", "train", stage, "--config", str(path), "--print_config"],
+    proc = subprocess.run([sys.executable, "-m", "tuna_recipes", "train", stage, "--config", str(path), "--print_config"],
                           capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     return yaml.safe_load(proc.stdout)
@@ -74,7 +74,7 @@ def test_paper_sft_config_is_llama_x_and_the_pipeline_agrees():
 
     from dataclasses import asdict
 
-    from tuna.pipeline import build_config
+    from tuna_recipes.pipeline.config import build_config
 
     pipe = asdict(build_config(yaml.safe_load((REPO / "experiments/pipeline/paper.yaml").read_text())))
     for stage in ("prob_rank", "context_rank"):

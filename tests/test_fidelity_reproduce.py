@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from fault_server import FaultServer
 
-from tuna.reproduce import ReproduceConfig, prepare, released_format, split_table
+from tuna_recipes.reproduce import ReproduceConfig, prepare, released_format, split_table
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASED = Path(__file__).parent / "fixtures" / "released"
@@ -65,7 +65,7 @@ def test_reproduce_end_to_end_prints_the_three_tables(shared_data, tmp_path):
         cfg_path = tmp_path / "rc.yaml"
         cfg_path.write_text(yaml.safe_dump(rc))
         env = {**os.environ, "TUNA_PROGRESS": "0", "TUNA_TEST_KEY": "sk-test", "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run([sys.executable, "-m", "tuna", "reproduce", "--config", str(cfg_path)], capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "tuna_recipes", "reproduce", "--config", str(cfg_path)], capture_output=True,
                               text=True, timeout=1500, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
     steps = json.loads((tmp_path / "run/manifest.json").read_text())["steps"]

@@ -14,11 +14,11 @@ import yaml
 from tb_logs import tb_scalars
 from test_pipeline import run_cli, tiny_pipeline
 
-from tuna.cli import main
 from tuna.config import DataConfig, ModelConfig, OptimConfig
-from tuna.feedback.commands import reference
+from tuna.feedback.commands import ReferenceJob, run_reference
 from tuna.losses import OBJECTIVES, LossConfig
 from tuna.records import read_records, write_records
+from tuna_recipes.cli import main
 
 MAX_LENGTH = 64
 
@@ -38,7 +38,7 @@ def tied_ranked(vicuna_ranked, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tied_ranked_ref(tied_ranked) -> Path:
     out = tied_ranked.with_name("ranked.ref.jsonl")
-    reference(input=str(tied_ranked), out=str(out), model="tiny-random-llama", max_length=MAX_LENGTH, batch_size=4)
+    run_reference(ReferenceJob(input=str(tied_ranked), out=str(out), model="tiny-random-llama", max_length=MAX_LENGTH, batch_size=4))
     return out
 
 
@@ -58,18 +58,18 @@ def test_step_zero_dpo_rewards_are_exactly_zero(tied_ranked, tied_ranked_ref, mo
     """Reference scored in the same layout as training, in other batches (4 records there, 3 here): at step 0
     (policy = reference) every implicit reward is exactly 0, so the DPO loss is log 2."""
     from tuna.models import load_model
-    from tuna.stages import ProbRankModule
+    from tuna.stages.base import TunaModule
 
     ref = tied_ranked_ref
     if mode != "chunked":
         ref = tmp_path / f"ref.{mode}.jsonl"
-        reference(input=str(tied_ranked), out=str(ref), model="tiny-random-llama", max_length=MAX_LENGTH, batch_size=4,
-                  logprob_mode=mode)
+        run_reference(ReferenceJob(input=str(tied_ranked), out=str(ref), model="tiny-random-llama", max_length=MAX_LENGTH, batch_size=4,
+                  logprob_mode=mode))
         other = [c.ref_logprob for r in read_records(tied_ranked_ref) for c in r.candidates]
         mine = [c.ref_logprob for r in read_records(ref) for c in r.candidates]
         assert len(mine) == 64 and max(abs(a - b) for a, b in zip(mine, other)) < 1e-3  # layouts agree
     tok, batches = _batches(ref, mode, tmp_path)
-    module = ProbRankModule(ModelConfig(name_or_path="tiny-random-llama", logprob_mode=mode), LossConfig(objective="dpo"),
+    module = TunaModule(ModelConfig(name_or_path="tiny-random-llama", logprob_mode=mode), LossConfig(objective="dpo"),
                             OptimConfig(), tokenizer=tok, model=load_model("tiny-random-llama", tokenizer=tok))
     seen = 0
     with torch.no_grad():
@@ -83,9 +83,9 @@ def test_step_zero_dpo_rewards_are_exactly_zero(tied_ranked, tied_ranked_ref, mo
 
 def test_reference_resumes_without_duplicates(tied_ranked, tied_ranked_ref, tmp_path):
     out = tmp_path / "part.ref.jsonl"
-    reference(input=str(tied_ranked), out=str(out), model="tiny-random-llama", max_length=MAX_LENGTH, limit=5)
+    run_reference(ReferenceJob(input=str(tied_ranked), out=str(out), model="tiny-random-llama", max_length=MAX_LENGTH, limit=5))
     first = out.read_text().splitlines()
-    reference(input=str(tied_ranked), out=str(out), model="tiny-random-llama", max_length=MAX_LENGTH)
+    run_reference(ReferenceJob(input=str(tied_ranked), out=str(out), model="tiny-random-llama", max_length=MAX_LENGTH))
     lines = out.read_text().splitlines()
     assert lines[:5] == first and len(lines) == 16 and len({json.loads(x)["id"] for x in lines}) == 16
     full = {r.id: [c.ref_logprob for c in r.candidates] for r in read_records(tied_ranked_ref)}

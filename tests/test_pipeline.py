@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from tuna.errors import TunaError
-from tuna.pipeline import PipelineConfig, build_config, expand_grid, run_label, set_dotted
+from tuna_recipes.pipeline.config import PipelineConfig, build_config, set_dotted
+from tuna_recipes.pipeline.sweep import expand_grid, run_label
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ def tiny_pipeline(tmp: Path, **over) -> dict:
 
 def run_cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "TUNA_PROGRESS": "0"}
-    return subprocess.run([sys.executable, "-m", "tuna", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run([sys.executable, "-m", "tuna_recipes", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 
 def test_pipeline_runs_skips_finished_steps_and_writes_tables(shared_data, tmp_path):
@@ -104,7 +105,7 @@ def test_config_helpers():
 @pytest.mark.parametrize("path", sorted((REPO / "experiments").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
 def test_every_experiment_config_is_valid(path):
     """Pipeline, sweep and ablation configs parse against the typed configs (training configs: test_cli)."""
-    from tuna.pipeline import SweepConfig
+    from tuna_recipes.pipeline.sweep import SweepConfig
 
     raw = yaml.safe_load(path.read_text())
     if path.parent.name in ("ablations", "sweeps"):

@@ -36,8 +36,8 @@ import pytest
 from fault_server import KINDS, TRANSPORT_KINDS, FaultServer
 from tb_logs import tb_scalars
 
-from tuna.cli import main
 from tuna.errors import TunaError
+from tuna_recipes.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 KEY_ENV = "TUNA_TEST_JUDGE_KEY"
@@ -110,13 +110,13 @@ def sub_env(**extra: str) -> dict[str, str]:
 
 def spawn(args: list[str], log: Path, **env: str) -> subprocess.Popen:
     f = open(log, "wb")  # a file, not a pipe: a chatty child never blocks on a full pipe
-    proc = subprocess.Popen([sys.executable, "-m", "tuna", *args], cwd=REPO, env=sub_env(**env), stdout=f, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "tuna_recipes", *args], cwd=REPO, env=sub_env(**env), stdout=f, stderr=subprocess.STDOUT)
     f.close()
     return proc
 
 
 def run_tuna(args: list[str]) -> Any:
-    """``tuna ARGS`` in this process (the same code path as the command: ``tuna.cli.main``)."""
+    """``tuna ARGS`` in this process (the same code path as the command: ``tuna_recipes.cli.main``)."""
     return main(list(args))
 
 
@@ -914,7 +914,7 @@ def test_soak_bad_input_as_a_real_process(case, shared_data, tmp_path) -> None:
     content, argv, expect = _bad_cases(tmp_path, shared_data)[case]
     inp = tmp_path / ("input.yaml" if isinstance(content, str) else "input.jsonl")
     inp.write_bytes(content.encode() if isinstance(content, str) else content)
-    proc = subprocess.run([sys.executable, "-m", "tuna", *argv(inp)], cwd=REPO, env=sub_env(**{KEY_ENV: "unused"}),
+    proc = subprocess.run([sys.executable, "-m", "tuna_recipes", *argv(inp)], cwd=REPO, env=sub_env(**{KEY_ENV: "unused"}),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout

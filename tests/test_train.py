@@ -13,10 +13,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from tb_logs import tb_scalars
 
-from tuna.config import ModelConfig, OptimConfig, TrainerConfig
+from tuna.config import ModelConfig, OptimConfig, TrainConfig, TrainerConfig
 from tuna.data import DataConfig
 from tuna.losses import LossConfig
-from tuna.train import TrainConfig, run_training
+from tuna.train import run_training
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,7 +110,7 @@ def test_ddp_two_processes_on_cpu(vicuna_ranked, tmp_path):
     """A real 2-process DDP run (gloo) through the CLI: each rank sees half the batches."""
     out = tmp_path / "ddp"
     env = {**os.environ, "TUNA_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "tuna", "train", "prob-rank", "--model.name_or_path", "tiny-random-llama",
+    cmd = [sys.executable, "-m", "tuna_recipes", "train", "prob-rank", "--model.name_or_path", "tiny-random-llama",
            "--data.train_file", str(vicuna_ranked), "--data.batch_size", "2", "--data.max_length", "128",
            "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2",
            "--out_dir", str(out)]

@@ -202,3 +202,27 @@ class DataConfig:
             raise ValueError(f"data.response_tokens must be in_context | separate, got {self.response_tokens!r}")
         if self.regularizer_ratio is not None and self.regularizer_ratio < 0:
             raise ValueError(f"data.regularizer_ratio must be >= 0, got {self.regularizer_ratio}")
+
+
+@dataclass
+class StageConfig:
+    """The training settings of one stage (the pipeline fills in the model to start from and the data file)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+@dataclass
+class TrainConfig(StageConfig):
+    """One training run: a stage's settings plus where it writes and how it starts."""
+
+    out_dir: str = "runs/train"
+    """Checkpoints, TensorBoard logs and the exported model (``out_dir/hf``) go here."""
+    seed: int = 42
+    resume: str | None = "auto"
+    """auto: continue from out_dir/checkpoints/last.ckpt when it exists; a path; or null to start fresh."""
+    export: bool = True
+    """Write a save_pretrained folder (out_dir/hf) at the end."""

@@ -392,3 +392,38 @@ def load_inputs(path: str, *, fmt: str = "auto", limit: int | None = None, offse
     if i < 0:
         raise TunaError("holds no records", path=p)
     return out
+
+
+# ----------------------------------------------------------------------------------------------- the command
+
+
+def import_records(fmt: str, path: str, out: str, limit: int | None = None, beta: float | None = None,
+                   reference: str = "drop", missing: str = "last", alpaca: str | None = None) -> str:
+    """Convert Alpaca JSON/JSONL or the paper's released files into tuna records (JSONL); docs/fidelity.md says
+    what each released field becomes.
+
+    Args:
+        fmt: alpaca | tuna-train (train.*.w_orig_alpaca.json) | tuna-davinci (the text-davinci-003 data) |
+            tuna-gpt4 (gpt-4-ranking.json).
+        path: The input file (JSON array or JSONL, optionally .gz).
+        out: The output JSONL.
+        limit: Keep the first n records.
+        beta: tuna-davinci: rank by logprob/length**beta instead of the stored avg_token_prob.
+        reference: tuna-gpt4: drop | include GPT-4's own Response 4.
+        missing: tuna-gpt4: last | drop the responses GPT-4 left out of its ranking (duplicates).
+        alpaca: tuna-gpt4: Alpaca data that gives each record the gold of its instruction (for data.regularizer).
+    """
+    from tuna.records import write_records
+
+    if fmt not in IMPORTERS:
+        raise TunaError(f"unknown format {fmt!r} ({' | '.join(IMPORTERS)})", field="fmt")
+    kwargs: dict[str, Any] = {"tuna-davinci": {"beta": beta}, "tuna-gpt4": {"reference": reference, "missing": missing, "alpaca": alpaca}}.get(fmt, {})
+    records = IMPORTERS[fmt](path, **kwargs)
+    if limit:
+        records = records[:limit]
+    write_records(out, records)
+    print(f"wrote {len(records)} records to {out}")
+    return out
+
+
+COMMANDS = {"import": import_records}

@@ -7,31 +7,13 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuna.config import DataConfig, LossConfig, ModelConfig, OptimConfig, TrainerConfig
+from tuna.config import DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig, TrainerConfig
 from tuna.errors import TunaError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """One training stage."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    out_dir: str = "runs/train"
-    """Checkpoints, TensorBoard logs and the exported model (``out_dir/hf``) go here."""
-    seed: int = 42
-    resume: str | None = "auto"
-    """auto: continue from out_dir/checkpoints/last.ckpt when it exists; a path; or null to start fresh."""
-    export: bool = True
 
 
 def _strategy(tc: TrainerConfig, model_ref: str) -> Any:
@@ -96,21 +78,17 @@ def run_training(stage: str, cfg: TrainConfig, *, callbacks: list[Any] | None = 
     from tuna.losses import mle_settings, required_candidate_fields
     from tuna.models import load_tokenizer
     from tuna.precision import resolve_precision
-    from tuna.stages import STAGES
+    from tuna.stages import stage_spec
+    from tuna.stages.base import TunaModule
 
-    if stage not in STAGES:
-        raise TunaError(f"unknown stage {stage!r} ({' | '.join(STAGES)})")
+    spec = stage_spec(stage)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    module_cls = STAGES[stage]
-    loss_cfg = cfg.loss
-    if module_cls.data_mode == "sft":
-        loss_cfg = LossConfig(**{**asdict(cfg.loss), "objective": "tuna", "ties": "ordered", "rank_weight": 0.0,
-                                 "mle_target": "all"})
+    loss_cfg = spec.loss(cfg.loss)
     required = required_candidate_fields(loss_cfg)
     reads_batch_floats = bool(required) or loss_cfg.ties == "skip"
     if reads_batch_floats and cfg.trainer.precision == "bf16-true":
@@ -119,10 +97,10 @@ def run_training(stage: str, cfg: TrainConfig, *, callbacks: list[Any] | None = 
                         f"that loss.objective={loss_cfg.objective} (ties={loss_cfg.ties}) reads; use bf16-mixed",
                         field="trainer.precision")
     tokenizer = load_tokenizer(cfg.model.name_or_path)
-    dm = RankedCandidatesDataModule(cfg.data, tokenizer, mode=module_cls.data_mode,
+    dm = RankedCandidatesDataModule(cfg.data, tokenizer, mode=spec.data_mode,
                                     with_gold=mle_settings(loss_cfg)[1] == "gold", seed=cfg.seed,
                                     require={f: f"loss.objective={loss_cfg.objective}" for f in required})
-    module = module_cls(cfg.model, loss_cfg, cfg.optim, tokenizer=tokenizer, nonfinite=cfg.trainer.nonfinite)
+    module = TunaModule(cfg.model, loss_cfg, cfg.optim, tokenizer=tokenizer, nonfinite=cfg.trainer.nonfinite, stage=stage)
 
     tc = cfg.trainer
     callbacks = [*(callbacks or []), _logs_before_checkpoints()]
@@ -260,3 +238,42 @@ def export_stage_model(trainer: Any, module: Any, tokenizer: Any, out_dir: Path,
         export_hf(model, tokenizer, out_dir)
     trainer.strategy.barrier()
     return out_dir
+
+
+# ----------------------------------------------------------------------------------------------- the command
+
+
+def train_command(stage: str) -> Any:
+    """`tuna train <stage>`: one command path for every stage, its defaults read from the stage's spec."""
+    from tuna.stages import stage_spec
+
+    spec = stage_spec(stage)
+    d = spec.train_config()
+
+    def command(model: ModelConfig = d.model, data: DataConfig = d.data, loss: LossConfig = d.loss,
+                optim: OptimConfig = d.optim, trainer: TrainerConfig = d.trainer, out_dir: str = d.out_dir,
+                seed: int = d.seed, resume: str | None = d.resume, export: bool = d.export) -> str:
+        return str(run_training(stage, TrainConfig(model=model, data=data, loss=loss, optim=optim, trainer=trainer,
+                                                   out_dir=out_dir, seed=seed, resume=resume, export=export)))
+
+    command.__name__ = command.__qualname__ = f"train_{stage.replace('-', '_')}"
+    command.__doc__ = f"""{spec.summary}
+
+    Args:
+        model: The student (the model the stage starts from).
+        data: Records and tokenisation ({'gold or ranked records' if spec.data_mode == 'sft' else 'ranked sets'}).
+        loss: Loss knobs{' (SFT uses only the MLE term)' if spec.data_mode == 'sft' else ': the objective and its knobs'}.
+        optim: AdamW and the LR schedule (stage default: LR {spec.lr:g}).
+        trainer: Lightning Trainer settings.
+        out_dir: Where checkpoints, TensorBoard logs and the exported model (out_dir/hf) go.
+        seed: Global seed.
+        resume: auto | a checkpoint path | null.
+        export: Write a save_pretrained folder at the end.
+    """
+    return command
+
+
+def commands() -> dict[str, Any]:
+    from tuna.stages import STAGES
+
+    return {"train": {name: train_command(name) for name in STAGES}}

@@ -18,16 +18,23 @@ Defaults and why:
 
 from __future__ import annotations
 
+import logging
 import random
 import re
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
+from tuna.errors import TunaError
+from tuna.feedback.config import JudgeConfig
 from tuna.prompts import alpaca_prompt, user_message
-from tuna.records import Candidate, Ranking, Record, positions
+from tuna.records import Candidate, JsonlAppender, Ranking, Record, atomic_write_json, atomic_write_text, positions
 
-PAPER_SYSTEM_PROMPT = "You are a professional and experienced data annotator."  # gpt-eval.py L42
+log = logging.getLogger(__name__)
+
 
 # Verbatim from gpt-eval.py L131-138, including its missing spaces, "[i, j ,k, l, m]" and the final newline;
 # tests/test_fidelity_judge.py rebuilds the released request independently and compares bytes.
@@ -305,3 +312,162 @@ def rank_record(
     prov["judge"] = {"replies": replies, "perms": perms}
     return rec.model_copy(update={"candidates": cands, "provenance": prov,
                                   "ranking": Ranking(by="judge", model=judge_model, method=method, details=details)})
+
+
+# ----------------------------------------------------------------------------------------------- running a judge
+
+
+def failed_path_for(out: str) -> Path:
+    """Where the records a judge could not rank go: ``<out>.failed.jsonl``."""
+    p = Path(out)
+    name = p.name[: -len(".jsonl")] if p.name.endswith(".jsonl") else p.name
+    return p.with_name(name + ".failed.jsonl")
+
+
+def judge_candidates(records: list[Record], out: str, cfg: JudgeConfig, *, summary: str | None = None) -> str:
+    """Rank each candidate set of ``records`` not yet in ``out`` with the judge ``cfg`` (``tuna judge``; the pipeline's
+    contextual ranking). Replies are cached, calls retried and budgeted (:class:`tuna.feedback.client.JudgeClient`);
+    a local llama.cpp judge is started for the run. Records whose replies cannot be read go to
+    ``<out>.failed.jsonl`` and are asked again by the next run; a JSON summary goes to ``summary``
+    (default ``<out>.summary.json``)."""
+    from tuna.feedback.client import ChatReply, ChatRequest, JudgeClient
+    from tuna.feedback.sampling import quiet_http_logs
+    from tuna.feedback.server import LlamaCppServer
+    from tuna.models import cache_root
+
+    if cfg.reference not in ("drop", "include"):
+        raise TunaError(f"reference must be drop | include, got {cfg.reference!r}", field="reference")
+    if cfg.missing not in ("last", "drop"):
+        raise TunaError(f"missing must be last | drop, got {cfg.missing!r}", field="missing")
+    if cfg.backend not in ("openai", "llamacpp", "hf"):
+        raise TunaError(f"unknown backend {cfg.backend!r} (openai | llamacpp | hf)", field="backend")
+    if cfg.parser not in ("robust", "released"):
+        raise TunaError(f"parser must be robust | released, got {cfg.parser!r}", field="parser")
+    if cfg.constrain not in ("none", "rank_grammar"):
+        raise TunaError(f"constrain must be none | rank_grammar, got {cfg.constrain!r}", field="constrain")
+    if cfg.constrain != "none" and cfg.backend == "hf":
+        raise TunaError("constrain needs a server that accepts a GBNF grammar (backend llamacpp); "
+                        "with backend hf use assistant_prefix", field="constrain")
+    tmpl = PAPER_TEMPLATE
+    method = "paper_prompt"
+    if cfg.template:
+        tp = Path(cfg.template)
+        if not tp.exists():
+            raise TunaError("template file does not exist", path=tp)
+        tmpl = tp.read_text(encoding="utf-8")
+        if "{responses}" not in tmpl or "{instruction}" not in tmpl:
+            raise TunaError("template needs {instruction} and {responses} placeholders", path=tp)
+        method = f"template:{tp.name}"
+    quiet_http_logs()
+    policy = JudgePolicy(reference=cfg.reference, missing=cfg.missing)
+    short = next((r for r in records if len(r.candidates) < 2), None)
+    if short is not None:
+        raise TunaError(f"has {len(short.candidates)} candidate(s), at least 2 needed to rank", field=f"record {short.id}: candidates")
+    failed_path = failed_path_for(out)
+    previously_failed = 0
+    if failed_path.exists():
+        previously_failed = sum(1 for line in failed_path.read_text(encoding="utf-8").splitlines() if line.strip())
+    app = JsonlAppender(out)
+    todo = [r for r in records if r.id not in app.done_ids]
+    if cfg.constrain == "rank_grammar":
+        method += "+rank_grammar"
+    if cfg.parser == "released":
+        method += "+released_parser"
+    if any(len(r.candidates) != 4 for r in todo) and not cfg.template:
+        log.warning("the paper's prompt is written for 4 candidates (Response 0/1/2/3, reference = Response 4)")
+    fail_app: JsonlAppender | None = None
+
+    send_seed = cfg.backend in ("llamacpp", "hf") if cfg.request_seed is None else cfg.request_seed
+    requests: list[ChatRequest] = []
+    plan: dict[str, tuple[Record, list[list[int]]]] = {}
+    for rec in todo:
+        perms = shuffle_orders(len(rec.candidates), cfg.shuffles, cfg.seed, rec.id)
+        plan[rec.id] = (rec, perms)
+        instr = judge_instruction(rec, cfg.instruction_format)
+        for j, perm in enumerate(perms):
+            msgs = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [
+                {"role": "user", "content": build_prompt(tmpl, instr, [rec.candidates[k].text for k in perm])}]
+            grammar = rank_grammar(len(perm)) if cfg.constrain == "rank_grammar" else None
+            requests.append(ChatRequest(messages=msgs, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                                        seed=cfg.seed + j if send_seed else None, key=f"{rec.id}\x00{j}", grammar=grammar))
+
+    got: dict[str, dict[int, ChatReply]] = {}
+    stats: Counter = Counter()
+    taus: list[float] = []
+
+    def on_reply(req: ChatRequest, rep: ChatReply) -> None:
+        rid, j = req.key.split("\x00")  # type: ignore[union-attr]
+        got.setdefault(rid, {})[int(j)] = rep
+        rec, perms = plan[rid]
+        if len(got[rid]) < len(perms):
+            return
+        reps = [got[rid][k] for k in range(len(perms))]
+        errors = [r.error for r in reps if r.error]
+        parse = PARSERS[cfg.parser]
+        parsed = [parse(r.text or "", len(rec.candidates) + 1, **({"fallback_scores": cfg.fallback_scores} if cfg.parser == "robust" else {}))
+                  for r in reps]
+        for p in parsed:
+            if p.order is not None and not any(k < len(rec.candidates) for k in p.order):
+                # e.g. 'rank: [4]': only the judge's own response; nothing to train on (the importer skips these too)
+                p.order, p.reason = None, "rank list names only the judge's own response"
+        ok = [p for p in parsed if p.order is not None]
+        if not ok:
+            reason = ("budget" if "budget" in errors else f"error: {errors[0]}") if errors else f"unparseable: {parsed[0].reason}"
+            stats[reason.split(":")[0]] += 1
+            # fail_app is opened before the first call
+            fail_app.write({"id": rid, "reason": reason, "replies": [r.text for r in reps], "errors": errors or None})  # type: ignore[union-attr]
+        else:
+            ranked = rank_record(rec, perms, parsed, judge_model=cfg.model, method=method, policy=policy,
+                                 replies=[r.text or "" for r in reps])
+            stats["ranked"] += 1
+            if "kendall_tau" in ranked.ranking.details:  # type: ignore[union-attr]
+                taus.append(ranked.ranking.details["kendall_tau"])  # type: ignore[union-attr]
+            stats["parsed_calls"] += len(ok)
+            app.write(ranked)
+        stats["calls_total"] += len(reps)
+        del got[rid]
+
+    server = None
+    t0 = time.monotonic()
+    try:
+        if cfg.backend == "llamacpp" and requests:
+            server = LlamaCppServer(cfg.model, n_ctx=cfg.n_ctx, seed=cfg.seed).start()
+            client_url, client_model = server.base_url, server.model
+        else:
+            client_url, client_model = cfg.base_url, cfg.model
+        client = JudgeClient(client_model, base_url=client_url, api_key_env=cfg.api_key_env, api_key_file=cfg.api_key_file,
+                             cache_dir=cfg.cache_dir or str(cache_root() / "judge_cache"), concurrency=cfg.concurrency,
+                             max_retries=cfg.max_retries, timeout=cfg.timeout, price_per_1k_prompt=cfg.price_per_1k_prompt,
+                             price_per_1k_completion=cfg.price_per_1k_completion, max_cost=cfg.max_cost,
+                             backend="hf" if cfg.backend == "hf" else "openai", assistant_prefix=cfg.assistant_prefix)
+        # This run's failures (a re-run retries everything not yet in `out` anyway). Cleared only once the
+        # client is set up, so a run that cannot start leaves the previous list as it was.
+        atomic_write_text(failed_path, "")
+        fail_app = JsonlAppender(failed_path)
+        with client:
+            client.complete_many(requests, desc="judge", on_reply=on_reply)
+            ledger = client.ledger
+    finally:
+        if server is not None:
+            server.stop()
+        app.close()
+        if fail_app is not None:
+            fail_app.close()
+    dt = time.monotonic() - t0
+    n_failed = sum(v for k, v in stats.items() if k not in ("ranked", "parsed_calls", "calls_total"))
+    summ = {
+        "records": len(records), "already_done": len(records) - len(todo), "ranked": stats["ranked"], "failed": n_failed,
+        "failed_by_reason": {k: v for k, v in stats.items() if k not in ("ranked", "parsed_calls", "calls_total")},
+        "previously_failed": previously_failed,
+        "parse_rate_calls": stats["parsed_calls"] / max(stats["calls_total"], 1),
+        "mean_kendall_tau_between_orders": sum(taus) / len(taus) if taus else None,
+        "ledger": ledger if requests else {}, "seconds": dt,
+        "records_per_s": len(todo) / dt if dt > 0 else 0.0,
+    }
+    atomic_write_json(summary or str(Path(out).with_suffix("")) + ".summary.json", summ)
+    led = summ["ledger"] or {}
+    print(f"judge: {summ['ranked']} ranked, {n_failed} failed {summ['failed_by_reason'] or ''} "
+          f"({summ['already_done']} already done) | calls {led.get('calls', 0)}, cache hits {led.get('cached', 0)}, "
+          f"tokens {led.get('prompt_tokens', 0)}+{led.get('completion_tokens', 0)}, cost {led.get('cost', 0.0):.4f}, "
+          f"{led.get('calls_per_s', 0.0):.2f} calls/s, {dt:.1f} s -> {out}" + (f"; failures in {failed_path}" if n_failed else ""))
+    return out

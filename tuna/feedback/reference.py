@@ -59,3 +59,45 @@ def with_reference(rec: Record, values: list[tuple[float, int]], model_name: str
     cands = [c.model_copy(update={"ref_logprob": lp, "ref_tokens": n, "ref_model": model_name})
              for c, (lp, n) in zip(rec.candidates, values, strict=True)]
     return rec.model_copy(update={"candidates": cands})
+
+
+def score_reference(records: list[Record], out: str, model: str, data: DataConfig, *, logprob_mode: str = "auto",
+                    batch_size: int = 4, chunk_size: int = 32, device: str = "auto", dtype: str = "float32",
+                    autocast_bf16: bool = False, source: str = "<memory>") -> str:
+    """Write each ranked set of ``records`` not yet in ``out`` with its candidates' reference log-probs under
+    ``model`` (``tuna reference``; the pipeline's reference step for dpo / ipo)."""
+    import logging
+    import os
+    import time
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from tuna.feedback.sampling import chunks, set_threads_from_env
+    from tuna.models import load_model, load_tokenizer
+    from tuna.precision import device_type, resolve_dtype
+    from tuna.records import JsonlAppender
+
+    log = logging.getLogger(__name__)
+    t0 = time.monotonic()
+    with JsonlAppender(out) as app:
+        todo = [r for r in records if r.id not in app.done_ids]
+        log.info("reference: %d records, %d already in %s, %d to do", len(records), len(records) - len(todo), out, len(todo))
+        if todo:
+            set_threads_from_env()
+            device = device_type(device)
+            tok = load_tokenizer(model)
+            lm = load_model(model, dtype=resolve_dtype(dtype, device), tokenizer=tok).to(device).eval()
+            bar = tqdm(total=len(todo), desc="reference", unit="rec", disable=os.environ.get("TUNA_PROGRESS", "1") == "0")
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=autocast_bf16):
+                for chunk in chunks(todo, chunk_size):
+                    values = reference_logprobs(lm, tok, chunk, data, batch_size=batch_size, logprob_mode=logprob_mode,
+                                                device=device, source=source)
+                    for rec, v in zip(chunk, values, strict=True):
+                        app.write(with_reference(rec, v, model))
+                    bar.update(len(chunk))
+            bar.close()
+    dt = time.monotonic() - t0
+    print(f"reference log-probs of {len(todo)} records ({len(records) - len(todo)} already done) under {model} "
+          f"in {dt:.1f} s -> {out}")
+    return out

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuna.errors import TunaError
+from tuna.feedback.config import ScoringConfig
 from tuna.prompts import TemplateName, prompt_has_special_tokens, render_prompt
 from tuna.records import Ranking, Record
 
@@ -118,3 +119,40 @@ class ForcedScorer:
         lps = self.token_logprobs(records)
         return [rank_by_scores(rec, [sum(x) for x in lp], [len(x) for x in lp], beta=beta, model=model_name, source="forced")
                 for rec, lp in zip(records, lps)]
+
+
+def score_candidates(records: list[Record], out: str, cfg: ScoringConfig, *, chunk_size: int = 16) -> str:
+    """Rank each candidate set of ``records`` not yet in ``out`` by the teacher's ``sum(logp)/len**beta``
+    (``tuna score``; the pipeline's teacher scoring)."""
+    import time
+
+    from tuna.feedback.sampling import chunks, set_threads_from_env
+    from tuna.records import JsonlAppender
+
+    if cfg.method not in ("sampling", "forced"):
+        raise TunaError(f"unknown method {cfg.method!r} (sampling | forced)", field="method")
+    t0 = time.monotonic()
+    with JsonlAppender(out) as app:
+        todo = [r for r in records if r.id not in app.done_ids]
+        if cfg.method == "sampling":
+            for r in todo:
+                app.write(score_sampling(r, beta=cfg.beta, model=cfg.model))
+        elif todo:
+            if not cfg.model:
+                raise TunaError("method forced needs a teacher model", field="model")
+            set_threads_from_env()
+            from tuna.models import load_model, load_tokenizer
+            from tuna.precision import device_type, resolve_dtype
+
+            device = device_type(cfg.device)
+            tok = load_tokenizer(cfg.model)
+            lm = load_model(cfg.model, dtype=resolve_dtype(cfg.dtype, device), tokenizer=tok).to(device).eval()
+            scorer = ForcedScorer(lm, tok, template=cfg.template, system_prompt=cfg.system_prompt,  # type: ignore[arg-type]
+                                  batch_size=cfg.batch_size, autocast_bf16=cfg.autocast_bf16, device=device,
+                                  max_length=cfg.max_length)
+            for chunk in chunks(todo, chunk_size):
+                for r in scorer.score(chunk, beta=cfg.beta, model_name=cfg.model):
+                    app.write(r)
+    dt = time.monotonic() - t0
+    print(f"scored {len(todo)} records ({len(records) - len(todo)} already done) by {cfg.method} in {dt:.1f} s -> {out}")
+    return out

@@ -16,10 +16,7 @@ from tuna.losses import LossConfig, LossOutput, mle_settings, objective_loss, pa
 
 
 class TunaModule(L.LightningModule):
-    """Student + objective. Subclasses differ only in defaults and in what data they read."""
-
-    data_mode = "rank"
-    default_lr = 1e-5
+    """Student + objective, for every stage (what differs between stages is in ``tuna.stages.STAGES``)."""
 
     def __init__(
         self,
@@ -30,6 +27,7 @@ class TunaModule(L.LightningModule):
         tokenizer: Any = None,
         model: Any = None,
         nonfinite: str = "stop",
+        stage: str = "prob-rank",
     ):
         super().__init__()
         self.model_cfg, self.loss_cfg, self.optim_cfg = model_cfg, loss_cfg, optim_cfg
@@ -42,7 +40,7 @@ class TunaModule(L.LightningModule):
         self.save_hyperparameters(
             {"model": vars(model_cfg) | {"lora": vars(model_cfg.lora) if model_cfg.lora else None},
              "loss": vars(loss_cfg) | dict(zip(("mle_weight", "mle_target"), mle_settings(loss_cfg))),  # as trained
-             "optim": vars(optim_cfg), "stage": type(self).__name__}
+             "optim": vars(optim_cfg), "stage": stage}
         )
 
     # ------------------------------------------------------------------------------------------- model

@@ -134,8 +134,8 @@ def prepare(rc: ReproduceConfig) -> Any:
     """Import the released files into ``run_dir/released/`` and build the pipeline config that trains on them."""
     import yaml
 
-    from tuna.pipeline import build_config, set_dotted
     from tuna.records import write_records
+    from tuna_recipes.pipeline.config import build_config, set_dotted
 
     for key in ("base_model", "prob_data", "context_data"):
         if not getattr(rc, key):
@@ -179,7 +179,7 @@ def prepare(rc: ReproduceConfig) -> Any:
 
 
 def run_reproduce(rc: ReproduceConfig) -> dict[str, Any]:
-    from tuna.pipeline import run_pipeline
+    from tuna_recipes.pipeline.run import run_pipeline
 
     data = run_pipeline(prepare(rc))
 

@@ -1,3 +1,0 @@
-from tuna.cli import entry
-
-entry()

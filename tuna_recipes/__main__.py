@@ -1,0 +1,3 @@
+from tuna_recipes.cli import entry
+
+entry()

@@ -1,0 +1,163 @@
+"""The pipeline's settings: one section per step, each typed by the concern it configures.
+
+The sections reuse the library's configs (``tuna.feedback.config``, ``tuna.config``); a section whose defaults differ
+(the embedded teacher, the embedded stages) subclasses or instantiates them here and says why. The defaults are the
+embedded demo's (a 2-core CPU, minutes); ``experiments/pipeline/paper.yaml`` holds the paper's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuna.config import DataConfig, StageConfig
+from tuna.errors import TunaError
+from tuna.feedback.config import GeneratorConfig, JudgeConfig, SamplingConfig
+from tuna.stages import STAGES
+
+
+@dataclass
+class InstructionSlice:
+    """Which instructions a step uses (Alpaca JSON/JSONL or tuna records)."""
+
+    path: str = "{data}/alpaca/alpaca_data_reconstructed.jsonl.gz"
+    """``{data}`` is the shared data folder ($TUNA_SHARED_DATA, default ../shared/data; tuna.paths)."""
+    offset: int = 0
+    limit: int | None = 16
+
+
+@dataclass
+class TeacherConfig(GeneratorConfig, SamplingConfig):
+    """Probabilistic ranking: who samples the candidates, how, and how they are scored. The embedded teacher is
+    Gemma-3-270M (a base model) sampling without top-k, as text-davinci-003 through the OpenAI API did (no top-k
+    there), with short answers for a CPU."""
+
+    top_k: int = 0
+    max_new_tokens: int = 96
+    batch_size: int = 16
+    method: str = "sampling"
+    """sampling: the teacher's own sampling log-probs (as the paper); forced: re-score under `scorer`."""
+    scorer: str | None = None
+    """The model that re-scores responses when method is forced (default: the teacher)."""
+    beta: float = 1.0
+    """Length-penalty exponent of the teacher's score sum(logp)/len**beta."""
+
+
+@dataclass
+class StudentSamplingConfig(SamplingConfig):
+    """Contextual ranking: how the student samples its own candidates (in process; the pipeline names the model).
+    The embedded student gives short answers for a CPU and needs no log-probs (the judge ranks)."""
+
+    max_new_tokens: int = 96
+    logprobs: bool = False
+    dtype: str = "auto"
+    """Weights dtype: auto (bf16 only where the device computes it natively) | float32 | bfloat16 | float16."""
+    batch_size: int = 16
+    """Prompts per generate call."""
+
+
+def embedded_judge() -> JudgeConfig:
+    """SmolLM2-135M-Instruct behind a local llama.cpp server: it cannot follow the paper's prompt unaided, so its
+    replies are constrained to a ranking by a grammar, and kept short; one request at a time (the server is serial)."""
+    return JudgeConfig(max_tokens=384, concurrency=1, constrain="rank_grammar")
+
+
+def embedded_stage(name: str, **sections: Any) -> StageConfig:
+    """A stage's defaults (tuna.stages.STAGES) with the embedded data settings: 256 tokens, 2 records per step, and
+    the instructions' gold responses mixed back in as the released training files do (data.regularizer)."""
+    data = DataConfig(max_length=256, batch_size=2, regularizer="copies")
+    return STAGES[name].stage_config(data=data, **sections)
+
+
+@dataclass
+class EvalConfig:
+    """Which benchmarks each model gets, on how much data, and where. The defaults are the demo's (slices, 0-shot
+    Super-NI, short answers; its tables say so); experiments/pipeline/paper.yaml sets the benchmarks' protocols."""
+
+    benchmarks: list[str] = field(default_factory=lambda: ["lmentry", "superni", "vicuna"])
+    lmentry_limit: int | None = 3
+    """Examples per LMentry task, spread over its 3 templates, so at least 3 (None: all)."""
+    superni_data: str | None = None
+    """None: the shared data's 8-task slice; full: the 119 test tasks (downloaded once into $TUNA_CACHE); or the
+    path of a natural-instructions checkout."""
+    superni_limit: int | None = 2
+    """Instances per Super-NI task (None: the official 100)."""
+    superni_num_pos_examples: int = 0
+    """Positive examples in the Super-NI prompt: the demo's 0 keeps CPU prompts short; Tk-Instruct's protocol (and
+    `tuna eval superni`'s default) is 2."""
+    vicuna_limit: int | None = 4
+    """Vicuna QA questions (None: all 80)."""
+    vicuna_opponent: str = "gpt35"
+    vicuna_orders: str | None = None
+    """single | both; None: `tuna eval vicuna`'s default (single, the FastChat 2023 protocol)."""
+    vicuna_judge: JudgeConfig | None = None
+    """The Vicuna QA reviewer (None: the ranking judge, `judge`); the paper config pins a GPT-4 snapshot here."""
+    max_new_tokens: int = 48
+    """Answer length for Super-NI and LMentry (at most 50 for LMentry); official: 128 and 50."""
+    vicuna_max_new_tokens: int | None = None
+    """Vicuna answer length (None: twice max_new_tokens; FastChat: 1024)."""
+    template: str = "alpaca"
+    batch_size: int = 16
+    backend: str = "auto"
+    """auto (vLLM on a GPU where installed, else batched HF) | hf | vllm."""
+    device: str = "auto"
+    """auto: the device the run trains on (a GPU run evaluates on the GPU) | cpu | cuda."""
+    dtype: str = "auto"
+    """auto: bf16 where the device computes it natively, else fp32 (fp16 on GPUs without bf16)."""
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "demo"
+    run_dir: str = "runs/demo"
+    results_dir: str = "results/demo"
+    student: str = "smollm2-135m-instruct"
+    """The instruction-tuned starting model (the paper's "Alpaca")."""
+    sft: StageConfig | None = None
+    """Optional SFT of the student first (None: the student is already instruction tuned)."""
+    sft_instructions: InstructionSlice = field(default_factory=lambda: InstructionSlice(offset=0, limit=256))
+    prob_instructions: InstructionSlice = field(default_factory=lambda: InstructionSlice(offset=0, limit=16))
+    context_instructions: InstructionSlice = field(default_factory=lambda: InstructionSlice(offset=1000, limit=16))
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    prob_rank: StageConfig = field(default_factory=lambda: embedded_stage("prob-rank"))
+    student_sampling: StudentSamplingConfig = field(default_factory=StudentSamplingConfig)
+    judge: JudgeConfig = field(default_factory=embedded_judge)
+    context_rank: StageConfig = field(default_factory=lambda: embedded_stage("context-rank"))
+    variants: list[str] = field(default_factory=lambda: ["tuna_p", "tuna_c", "tuna"])
+    """Models to build: tuna_p (prob. ranking), tuna_c (contextual from the student), tuna (contextual from
+    Tuna_p), tuna_cp (probabilistic ranking after Tuna_c: the c→p order)."""
+    evaluate: list[str] = field(default_factory=lambda: ["student", "tuna_p", "tuna_c", "tuna"])
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    prob_ranked: str | None = None
+    """Ranked sets to train Tuna_p (and tuna_cp) on instead of making them: the teacher steps are skipped (tuna reproduce
+    passes the imported released file)."""
+    context_ranked: str | None = None
+    """Ranked sets to train Tuna on instead of making them from Tuna_p's samples (the imported gpt-4-ranking.json)."""
+    paper_numbers: str | None = None
+    """The paper's numbers (experiments/paper_numbers.example.yaml, keyed by row) for the tables' "(paper)" columns."""
+    seed: int = 42
+    threads: int | None = None
+
+
+def set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:
+    node = cfg
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise TunaError(f"config key {key!r} does not exist (no section {part!r})", field=key)
+        node = node[part]
+    if parts[-1] not in node:
+        raise TunaError(f"config key {key!r} does not exist", field=key)
+    node[parts[-1]] = value
+
+
+def build_config(d: dict[str, Any]) -> PipelineConfig:
+    """A nested dict (YAML) → a validated PipelineConfig; unknown keys are named."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(PipelineConfig, "cfg")
+    try:
+        return parser.instantiate(parser.parse_object({"cfg": d})).cfg
+    except Exception as e:  # jsonargparse reports the offending key
+        raise TunaError(f"invalid pipeline config: {str(e).splitlines()[0]}") from None

@@ -1,0 +1,200 @@
+"""``tuna pipeline``: the whole method from one config, every step recorded in the run's manifest.
+
+    instruction-tuned student ──(optional SFT)──▶ student
+    teacher samples N per instruction, scores them        ─▶ prob ranked sets      (shared by a sweep's runs)
+    (DPO/IPO: the starting model scores them once)        ─▶ ranked.ref.jsonl      (shared)
+    ProbRank(student)                                     ─▶ Tuna_p
+    Tuna_p samples N, the judge ranks them                ─▶ context.tuna.ranked.jsonl
+    ContextRank(Tuna_p)                                   ─▶ Tuna
+    student samples N, the judge ranks them               ─▶ context.tuna_c.ranked.jsonl
+    ContextRank(student)                                  ─▶ Tuna_c
+    evaluation of every model, then the tables            ─▶ results/<name>/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from tuna.config import StageConfig, TrainConfig
+from tuna.errors import TunaError
+from tuna.feedback.config import GeneratorConfig, ScoringConfig
+from tuna.hashing import config_hash, file_hash, model_hash
+from tuna.importers import import_alpaca, load_inputs
+from tuna.paths import expand_data
+from tuna.records import write_records
+from tuna_recipes.pipeline.config import InstructionSlice, PipelineConfig
+from tuna_recipes.pipeline.evaluate import evaluate_model, run_device
+from tuna_recipes.pipeline.manifest import Manifest
+from tuna_recipes.pipeline.report import make_report
+
+VARIANTS = ("tuna_p", "tuna_c", "tuna", "tuna_cp")
+
+
+class PipelineRun:
+    """One run folder: its config, its manifest, and the steps that fill it."""
+
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
+        self.dir = Path(cfg.run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.shared = self.dir / "shared"
+        self.man = Manifest(self.dir, asdict(cfg))
+
+    def instructions(self, s: InstructionSlice, *, kind: str = "any"):
+        return load_inputs(expand_data(s.path), limit=s.limit, offset=s.offset, kind=kind)
+
+    # ------------------------------------------------------------------------------------------- data steps
+
+    def sft_data(self) -> Path:
+        s = self.cfg.sft_instructions
+        src, out = expand_data(s.path), self.dir / "sft.records.jsonl"
+        self.man.run("sft_data", {"src": src, "slice": asdict(s)}, [out],
+                     lambda: write_records(out, import_alpaca(src, limit=s.limit, offset=s.offset)))
+        return out
+
+    def teacher_data(self) -> Path:
+        """The teacher samples and scores (probabilistic ranking); keyed by the teacher's settings, so the runs of a
+        sweep over training knobs share them."""
+        from tuna.feedback.sampling import sample_candidates
+        from tuna.feedback.scoring import score_candidates
+
+        cfg, t = self.cfg, self.cfg.teacher
+        key = config_hash([asdict(t), asdict(cfg.prob_instructions), expand_data(cfg.prob_instructions.path), cfg.seed])
+        cands = self.shared / f"prob-{key}" / "candidates.jsonl"
+        ranked = self.shared / f"prob-{key}" / f"ranked-beta{t.beta}.jsonl"
+        sampling = replace(t, seed=cfg.seed, logprobs=t.method == "sampling")
+        self.man.run("teacher_sample", {"teacher": asdict(t), "slice": asdict(cfg.prob_instructions)}, [cands],
+                     lambda: sample_candidates(self.instructions(cfg.prob_instructions), str(cands), t, sampling) and None,
+                     shared_marker=cands.with_suffix(".done"))
+        scoring = ScoringConfig(method=t.method, beta=t.beta, model=t.scorer or t.model, template=t.template,
+                                system_prompt=t.system_prompt)
+        self.man.run("teacher_score", {"candidates": file_hash(cands), "method": t.method, "beta": t.beta, "scorer": t.scorer},
+                     [ranked], lambda: score_candidates(load_inputs(str(cands), fmt="tuna"), str(ranked), scoring) and None,
+                     shared_marker=ranked.with_suffix(".done"))
+        return ranked
+
+    def context_data(self, tag: str, generator: str) -> Path:
+        """The model ``generator`` samples its own candidates and the judge ranks them (contextual ranking)."""
+        from tuna.feedback.judge import judge_candidates
+        from tuna.feedback.sampling import sample_candidates
+
+        cfg, s, j = self.cfg, self.cfg.student_sampling, self.cfg.judge
+        cands, ranked = self.dir / f"context.{tag}.candidates.jsonl", self.dir / f"context.{tag}.ranked.jsonl"
+        gen = GeneratorConfig(model=generator, backend="hf", dtype=s.dtype, batch_size=s.batch_size)
+        self.man.run(f"sample_{tag}", {"generator": generator, "gen_hash": model_hash(generator), "sampling": asdict(s),
+                                       "slice": asdict(cfg.context_instructions)}, [cands],
+                     lambda: sample_candidates(self.instructions(cfg.context_instructions), str(cands), gen,
+                                               replace(s, seed=cfg.seed)) and None)
+
+        def judge() -> dict[str, Any]:
+            judge_candidates(load_inputs(str(cands), fmt="tuna", min_candidates=2), str(ranked), replace(j, seed=cfg.seed))
+            summary = ranked.with_name(ranked.name.removesuffix(".jsonl") + ".summary.json")
+            return {"judge": json.loads(summary.read_text())} if summary.exists() else {}
+
+        self.man.run(f"judge_{tag}", {"candidates": file_hash(cands), "judge": asdict(j)}, [ranked], judge)
+        return ranked
+
+    def reference_data(self, name: str, sc: StageConfig, start: str, ranked: Path) -> Path:
+        """The starting model's log-probs of the ranked candidates (DPO, IPO), shared by the runs of a sweep."""
+        from tuna.feedback.reference import score_reference
+        from tuna.precision import resolve_precision
+
+        d = sc.data
+        bf16 = resolve_precision(sc.trainer.precision, sc.trainer.accelerator) == "bf16-mixed"  # as training will run
+        inputs = {"ranked": file_hash(ranked), "model": start, "model_hash": model_hash(start), "mode": sc.model.logprob_mode,
+                  "dtype": sc.model.dtype, "autocast_bf16": bf16,
+                  "data": {k: getattr(d, k) for k in ("template", "system_prompt", "max_length", "min_response_tokens", "overlong")}}
+        out = self.shared / f"ref-{config_hash(inputs)}" / "ranked.ref.jsonl"
+        self.man.run(f"reference_{name}", inputs, [out], lambda: score_reference(
+            load_inputs(str(ranked), fmt="tuna", kind="ranked"), str(out), start, replace(d, num_candidates=None),
+            logprob_mode=sc.model.logprob_mode, batch_size=d.batch_size, dtype=sc.model.dtype, autocast_bf16=bf16,
+            source=str(ranked)) and None, shared_marker=out.with_suffix(".done"))
+        return out
+
+    # ------------------------------------------------------------------------------------------- training
+
+    def train(self, name: str, stage: str, sc: StageConfig, start: str, data: Path) -> str:
+        """Train ``stage`` from the model ``start`` on ``data`` into ``<run>/<name>/hf``."""
+        from tuna.losses import required_candidate_fields
+        from tuna.train import run_training
+
+        out = self.dir / name
+        if "ref_logprob" in required_candidate_fields(sc.loss):
+            data = self.reference_data(name, sc, start, data)
+
+        def fit() -> dict[str, Any]:
+            tc = TrainConfig(model=replace(sc.model, name_or_path=start), data=replace(sc.data, train_file=str(data)),
+                             loss=sc.loss, optim=sc.optim, trainer=sc.trainer, out_dir=str(out), seed=self.cfg.seed)
+            run_training(stage, tc)
+            summary = json.loads((out / "train_summary.json").read_text())
+            return {"train": {"global_step": summary["global_step"], "metrics": summary["metrics"]}}
+
+        self.man.run(name, {"stage": stage, "cfg": asdict(sc), "start": start, "start_hash": model_hash(start),
+                            "data": file_hash(data)}, [out / "hf"], fit)
+        return str(out / "hf")
+
+    # ------------------------------------------------------------------------------------------- evaluation
+
+    def evaluate(self, models: dict[str, str]) -> dict[str, Any]:
+        cfg = self.cfg
+        device = run_device(cfg.evaluation, [s.trainer for s in (cfg.sft, cfg.prob_rank, cfg.context_rank) if s is not None])
+        for label in cfg.evaluate:
+            if label not in models:
+                continue
+            for bench in cfg.evaluation.benchmarks:
+                out = self.dir / "eval" / label / f"{bench}.json"
+                self.man.run(f"eval_{label}_{bench}", {"model": models[label], "model_hash": model_hash(models[label]),
+                                                       "bench": bench, "eval": asdict(cfg.evaluation), "judge": asdict(cfg.judge),
+                                                       "device": device},
+                             [out], lambda label=label, bench=bench, out=out: evaluate_model(
+                                 bench, models[label], label, out, cfg.evaluation, cfg.judge, run_name=cfg.name, device=device))
+        baseline = "student" if "student" in cfg.evaluate else None
+        return make_report(self.dir / "eval", cfg.results_dir, cfg.name, manifest=self.man.data, baseline=baseline,
+                           paper=cfg.paper_numbers)
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    """Run (or resume) every step; returns the manifest's data."""
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+        os.environ["TUNA_THREADS"] = str(cfg.threads)
+    unknown = set(cfg.variants) - set(VARIANTS)
+    if unknown:
+        raise TunaError(f"unknown variants {sorted(unknown)} ({' | '.join(VARIANTS)})", field="variants")
+    run = PipelineRun(cfg)
+    models: dict[str, str] = {"student": cfg.student}
+    if cfg.sft is not None:
+        models["student"] = run.train("sft", "sft", cfg.sft, cfg.student, run.sft_data())
+    student = models["student"]
+
+    needs_p = any(v in cfg.variants for v in ("tuna_p", "tuna", "tuna_cp"))
+    ranked = None
+    if needs_p:
+        if cfg.prob_ranked:
+            ranked = Path(cfg.prob_ranked)
+            if not ranked.exists():
+                raise TunaError("file does not exist", path=ranked, field="prob_ranked")
+        else:
+            ranked = run.teacher_data()
+        models["tuna_p"] = run.train("tuna_p", "prob-rank", cfg.prob_rank, student, ranked)
+    if "tuna" in cfg.variants:
+        if cfg.context_ranked and not Path(cfg.context_ranked).exists():
+            raise TunaError("file does not exist", path=cfg.context_ranked, field="context_ranked")
+        data = Path(cfg.context_ranked) if cfg.context_ranked else run.context_data("tuna", models["tuna_p"])
+        models["tuna"] = run.train("tuna", "context-rank", cfg.context_rank, models["tuna_p"], data)
+    if "tuna_c" in cfg.variants or "tuna_cp" in cfg.variants:
+        models["tuna_c"] = run.train("tuna_c", "context-rank", cfg.context_rank, student, run.context_data("tuna_c", student))
+    if "tuna_cp" in cfg.variants:
+        models["tuna_cp"] = run.train("tuna_cp", "prob-rank", cfg.prob_rank, models["tuna_c"], ranked)  # type: ignore[arg-type]
+
+    tables = run.evaluate(models)
+    run.man.data["models"] = models
+    run.man.data["results"] = tables
+    run.man.save()
+    return run.man.data
