@@ -7,19 +7,9 @@ the whole set is resampled with the temperature raised by ``temperature_incremen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
 from typing import Any
-
-
-@dataclass
-class DedupConfig:
-    enabled: bool = True
-    threshold: float = 0.8
-    temperature_increment: float = 0.1
-    max_trials: int = 3
-    """Trials in all, the first sampling included (the released code's ``max_trials``)."""
 
 
 @lru_cache(maxsize=1)

@@ -18,10 +18,6 @@ from tuna.prompts import TemplateName, prompt_has_special_tokens, render_prompt
 from tuna.records import Ranking, Record
 
 
-def length_normalised(logprobs: list[float], beta: float) -> float:
-    return sum(logprobs) / max(len(logprobs), 1) ** beta
-
-
 def rank_by_scores(rec: Record, sums: list[float], lengths: list[int], *, beta: float, model: str, source: str) -> Record:
     """Order candidates best-first by ``sum/len**beta`` (stable: ties keep their order)."""
     scores = [s / max(n, 1) ** beta for s, n in zip(sums, lengths)]
