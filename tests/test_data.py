@@ -100,6 +100,7 @@ def test_batch_sampler_shards_resumes_and_groups_lengths():
     r0 = list(EpochBatchSampler(lengths, 2, shuffle=True, length_grouped=True, seed=3, rank=0, world_size=2))
     r1 = list(EpochBatchSampler(lengths, 2, shuffle=True, length_grouped=True, seed=3, rank=1, world_size=2))
     assert len(r0) == len(r1) == 3
+    assert sorted(i for b in r0 + r1 for i in b) == list(range(12))  # the ranks split the batches, none twice
     s.set_epoch(1)
     assert list(s) != batches
 
