@@ -47,7 +47,7 @@ def test_labels_start_exactly_at_first_response_token(which, template, smol_toke
         assert (labels[n:] == -100).all()
         assert tok.decode(labels[p : n - 1]) == tok.decode(resp_ids)
     if which == "gemma":
-        assert item["prompt_ids"][0] == tok.bos_token_id  # Gemma needs its BOS (MODELS.md gotcha 6)
+        assert item["prompt_ids"][0] == tok.bos_token_id  # Gemma needs its BOS: without it the log-probs collapse
 
 
 def test_truncation_never_leaves_an_empty_response(smol_tokenizer):
