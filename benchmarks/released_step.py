@@ -1,5 +1,6 @@
 """BASELINE: a faithful re-implementation of the released code's training step (microsoft/LMOps
-``tuna/src/custom.py``, ``TunaTrainer.compute_loss``; ANCHORS.md §0, PAPER.md §4.3), for benchmarks only.
+``tuna/src/custom.py``, ``TunaTrainer.compute_loss`` L24-56; docs/fidelity.md, rows "score", "rank-loss", "mle"),
+for benchmarks only.
 
 * the [B, N, T] batch is flattened to one padded [B·N, T] forward;
 * ``model(..., labels=labels)`` so transformers also computes its own causal-LM cross-entropy (``output.loss``,

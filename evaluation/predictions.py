@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,6 @@ from tuna.errors import TunaError
 from tuna.records import JsonlAppender, atomic_write_json, iter_json_lines
 
 log = logging.getLogger(__name__)
-
-DEFAULT_OUT_ROOT = "runs/eval"
-
 
 def settings_hash(settings: dict[str, Any]) -> str:
     blob = json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str)
@@ -305,8 +302,3 @@ class Timer:
         return time.monotonic() - self.t0
 
 
-def parse_tags(tags: dict[str, Any] | None) -> dict[str, Any]:
-    return dict(tags or {})
-
-
-OnRow = Callable[[dict[str, Any]], None]

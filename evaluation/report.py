@@ -414,7 +414,7 @@ def make_report(runs: str | os.PathLike, out_dir: str | os.PathLike, *, paper: s
                     continue
                 names.append(row)
                 ys.append(y)
-                errs.append(_yerr(cell, y, c))
+                errs.append(_yerr(cell, y))
             ax.bar(range(len(ys)), ys, yerr=_err_array(errs), capsize=3, color="#5b8db8")
             ax.set_xticks(range(len(ys)), names, rotation=30, ha="right", fontsize=7)
             ax.set_title(_wrap(c.title if c.benchmark != "vicuna" else f"{c.header.replace('(W/T/L)', 'win rate %')} [{c.label}]"), fontsize=7)
@@ -460,7 +460,7 @@ def _plot_value(cell: Cell | None, c: Column) -> float | None:
     return float(cell.value)
 
 
-def _yerr(cell: Cell | None, y: float, c: Column) -> tuple[float, float] | None:
+def _yerr(cell: Cell | None, y: float) -> tuple[float, float] | None:
     if cell is None or cell.lo is None or cell.hi is None:
         return None
     return (max(0.0, y - cell.lo), max(0.0, cell.hi - y))
@@ -521,7 +521,7 @@ def _ablation(results: list[dict[str, Any]], out: Path, ablation: str, series: s
                     cell = cells.get((x, sv), {}).get(c)
                     y = _plot_value(cell, c)
                     if y is not None:
-                        pts.append((x, y, _yerr(cell, y, c)))
+                        pts.append((x, y, _yerr(cell, y)))
                 if not pts:
                     continue
                 lab = f"{series}={sv}" if series else None

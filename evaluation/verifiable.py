@@ -49,7 +49,7 @@ def superni_records(rows: list[dict[str, Any]]) -> list[Record]:
     out = []
     for r in rows:
         refs = [str(x) for x in r["references"]]
-        out.append(Record(id=f"superni/{r['id']}", instruction=tk_instruct_prompt(r["definition"], r["input"]), gold=refs[0],
+        out.append(Record(id=f"superni/{r['id']}", instruction=tk_instruct_prompt(r["definition"], r["input"], num_pos_examples=0), gold=refs[0],
                           candidates=[Candidate(text=refs[0], source="reference")],
                           provenance={"verifier": {"benchmark": "superni", "task": r["task"], "references": refs}}))
     return out

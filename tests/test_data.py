@@ -47,7 +47,7 @@ def test_labels_start_exactly_at_first_response_token(which, template, smol_toke
         assert (labels[n:] == -100).all()
         assert tok.decode(labels[p : n - 1]) == tok.decode(resp_ids)
     if which == "gemma":
-        assert item["prompt_ids"][0] == tok.bos_token_id  # Gemma needs its BOS (MODELS.md gotcha 6)
+        assert item["prompt_ids"][0] == tok.bos_token_id  # Gemma needs its BOS: without it the log-probs collapse
 
 
 def test_truncation_never_leaves_an_empty_response(smol_tokenizer):
@@ -100,6 +100,7 @@ def test_batch_sampler_shards_resumes_and_groups_lengths():
     r0 = list(EpochBatchSampler(lengths, 2, shuffle=True, length_grouped=True, seed=3, rank=0, world_size=2))
     r1 = list(EpochBatchSampler(lengths, 2, shuffle=True, length_grouped=True, seed=3, rank=1, world_size=2))
     assert len(r0) == len(r1) == 3
+    assert sorted(i for b in r0 + r1 for i in b) == list(range(12))  # the ranks split the batches, none twice
     s.set_epoch(1)
     assert list(s) != batches
 

@@ -33,7 +33,9 @@ def slow_scores(logps, mask, beta):
 
 
 def slow_rank(scores, cand, margin, reduction, scaling="rank_distance"):
-    """Straight from the definitions in PAPER.md §4.3 (released code) and §4.4 (paper)."""
+    """Straight from the definitions: per distance, the released code's (``tuna/src/custom.py`` ``compute_loss``
+    L44-52: a mean over the pairs at each rank distance, summed over distances); all pairs, the paper's as third-party
+    accounts describe it (every pair's hinge summed per record, records averaged)."""
     B = len(scores)
     N = len(scores[0])
     if reduction == "per_distance_mean":

@@ -117,15 +117,22 @@ def test_prefix_shared_rejects_different_prompts(smol_tokenizer, vicuna_items):
 
 
 @pytest.mark.parametrize("mode", ["packed", "prefix_shared"])
-def test_training_module_uses_logprob_mode(smol_tokenizer, vicuna_items, mode):
-    """``ModelConfig.logprob_mode`` reaches ``TunaModule.compute`` (what training runs call)."""
+def test_training_module_uses_logprob_mode(smol_tokenizer, vicuna_items, mode, monkeypatch):
+    """``ModelConfig.logprob_mode`` reaches ``TunaModule.compute`` (what training runs call): the batch is packed in
+    that mode (the chunked path packs nothing), and the loss is the chunked path's."""
+    from tuna import packing
     from tuna.config import ModelConfig, OptimConfig
     from tuna.models import tiny_model
     from tuna.stages.base import TunaModule
 
+    packed_modes = []
+    real_pack = packing.pack_batch
+    monkeypatch.setattr(packing, "pack_batch", lambda *a, **kw: packed_modes.append(kw["mode"]) or real_pack(*a, **kw))
     model = tiny_model(smol_tokenizer, seed=0)
     batch = collate_padded(vicuna_items[:3], smol_tokenizer.pad_token_id)
     ref = TunaModule(ModelConfig(logprob_mode="chunked"), LossConfig(), OptimConfig(), model=model).compute(batch)
+    assert packed_modes == []
     out = TunaModule(ModelConfig(logprob_mode=mode), LossConfig(), OptimConfig(), model=model).compute(batch)
+    assert packed_modes == [mode]
     torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=0)
     torch.testing.assert_close(out.scores, ref.scores, atol=1e-5, rtol=0)

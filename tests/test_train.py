@@ -107,13 +107,14 @@ def test_lora_and_bf16_mixed(vicuna_ranked, tmp_path):
 
 
 def test_ddp_two_processes_on_cpu(vicuna_ranked, tmp_path):
-    """A real 2-process DDP run (gloo) through the CLI: each rank sees half the batches."""
+    """A real 2-process DDP run (gloo) through the CLI: each rank sees half the batches, and the validation metrics
+    are synchronised: they equal the values recomputed here, in one process, over the whole validation file."""
     out = tmp_path / "ddp"
     env = {**os.environ, "TUNA_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "tuna_recipes", "train", "prob-rank", "--model.name_or_path", "tiny-random-llama",
-           "--data.train_file", str(vicuna_ranked), "--data.batch_size", "2", "--data.max_length", "128",
-           "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2",
-           "--out_dir", str(out)]
+           "--data.train_file", str(vicuna_ranked), "--data.val_file", str(vicuna_ranked), "--data.batch_size", "2",
+           "--data.max_length", "128", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
+           "--trainer.strategy", "ddp", "--trainer.devices", "2", "--out_dir", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
@@ -121,7 +122,38 @@ def test_ddp_two_processes_on_cpu(vicuna_ranked, tmp_path):
     assert summary["global_step"] == 4  # 16 records / 2 per batch / 2 ranks
     from transformers import AutoModelForCausalLM
 
-    assert AutoModelForCausalLM.from_pretrained(out / "hf") is not None
+    from tuna.data import RankedCandidatesDataModule
+    from tuna.losses import sequence_scores
+    from tuna.models import load_tokenizer
+
+    # validation ran once, after the last step: with the weights that were exported
+    model = AutoModelForCausalLM.from_pretrained(out / "hf").eval()
+    dm = RankedCandidatesDataModule(DataConfig(train_file=str(vicuna_ranked), val_file=str(vicuna_ranked), batch_size=2,
+                                               max_length=128), load_tokenizer("tiny-random-llama"))
+    dm.setup()
+    right = pairs = 0
+    per_rank: dict[int, list[float]] = {}
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            logits = model(input_ids=batch["input_ids"].flatten(0, 1), attention_mask=batch["attention_mask"].flatten(0, 1)).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, batch["labels"].flatten(0, 1)[:, 1:].clamp_min(0)[..., None])
+            mask = batch["labels"].flatten(0, 1)[:, 1:] != -100
+            scores = sequence_scores(logp.squeeze(-1).view(*batch["labels"].shape[:2], -1), mask.view(*batch["labels"].shape[:2], -1))
+            for r in range(scores.shape[0]):  # the fixture's scores are 0, -1, -2, -3: no ties, every pair counts
+                n = int(batch["rank_mask"][r].sum())
+                for i in range(n):
+                    per_rank.setdefault(i, []).append(scores[r, i].item())
+                    for j in range(i + 1, n):
+                        pairs += 1
+                        right += int(scores[r, i] > scores[r, j])
+    assert pairs == 16 * 6
+    logged = tb_scalars(out, "val/pair_acc")
+    assert sorted(logged) == [3]  # at the last step (0-based), once
+    assert logged[3] == pytest.approx(right / pairs, abs=1e-6)
+    assert len(per_rank) == 4
+    for k, values in per_rank.items():
+        assert tb_scalars(out, f"val/score_rank{k}")[3] == pytest.approx(sum(values) / len(values), rel=1e-4), k
+    assert tb_scalars(out, "val/tie_share")[3] == 0.0
 
 
 @pytest.mark.slow

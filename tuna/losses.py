@@ -5,10 +5,10 @@ length-normalised log-likelihood ``s_k = (1/|y_k|^β) Σ_t log p(y_k,t | x, y_k,
 (including the final EOS). The ranking term is the hinge ``max(0, s_j − s_i + (j − i)·m)`` for every pair
 i < j, and the MLE term is a token-mean negative log-likelihood.
 
-Two reductions of the pairs (PAPER.md §4.3-§4.4, §12):
+Two reductions of the pairs (docs/fidelity.md, row "rank-loss"):
 
-* ``per_distance_mean`` (released code, default): the pairs at each rank distance d are averaged over the
-  batch (``nn.MarginRankingLoss(margin=d·m)``), then summed over d.
+* ``per_distance_mean`` (released code, default; ``tuna/src/custom.py`` ``compute_loss`` L44-52): the pairs at
+  each rank distance d are averaged over the batch (``nn.MarginRankingLoss(margin=d·m)``), then summed over d.
 * ``all_pairs_sum`` (the paper, per secondary sources): every pair of a record is summed, then records are
   averaged over the batch.
 

@@ -200,11 +200,6 @@ def load_model(
     return model
 
 
-def load_model_and_tokenizer(name_or_path: str | os.PathLike, *, dtype: str = "float32", padding_side: str = "right"):
-    tok = load_tokenizer(name_or_path, padding_side=padding_side)
-    return load_model(name_or_path, dtype=dtype, tokenizer=tok), tok
-
-
 def export_hf(model: Any, tokenizer: Any, out_dir: str | os.PathLike) -> Path:
     """Write a ``save_pretrained`` folder that plain transformers reloads (LoRA adapters are merged)."""
     out = Path(out_dir)

@@ -18,12 +18,8 @@ import functools
 import logging
 import os
 import platform
-from typing import Literal
 
 log = logging.getLogger(__name__)
-
-DType = Literal["auto", "float32", "bfloat16", "float16"]
-"""Weights/compute dtype for inference (sampling, scoring, judging in process, evaluation)."""
 
 _BF16_FLAGS = {"x86_64": ("avx512_bf16", "amx_bf16"), "aarch64": ("bf16",)}
 _LOGGED: set[str] = set()

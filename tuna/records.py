@@ -89,10 +89,6 @@ class Record(_Strict):
                     )
         return self
 
-    @property
-    def is_ranked(self) -> bool:
-        return self.ranking is not None
-
     def dump(self) -> str:
         return json.dumps(self.model_dump(exclude_none=True, exclude_defaults=False), ensure_ascii=False)
 

@@ -1,4 +1,5 @@
-"""The paper's diversity control for sampled candidate sets (``non_interactive_generate.py``, PAPER.md §5.1).
+"""The paper's diversity control for sampled candidate sets (the released code's ``tuna/src/non_interactive_generate.py``
+L98-155; docs/fidelity.md, row "dedup").
 
 If any two of the N samples of a prompt have ROUGE-L F1 >= ``threshold`` (``rouge_score``, ``use_stemmer=True``),
 the whole set is resampled with the temperature raised by ``temperature_increment``, for at most
@@ -7,19 +8,9 @@ the whole set is resampled with the temperature raised by ``temperature_incremen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
 from typing import Any
-
-
-@dataclass
-class DedupConfig:
-    enabled: bool = True
-    threshold: float = 0.8
-    temperature_increment: float = 0.1
-    max_trials: int = 3
-    """Trials in all, the first sampling included (the released code's ``max_trials``)."""
 
 
 @lru_cache(maxsize=1)

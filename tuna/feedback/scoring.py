@@ -1,4 +1,5 @@
-"""Teacher scoring for probabilistic ranking (PAPER.md §4.1): score = Σ log p / len**β, higher is better.
+"""Teacher scoring for probabilistic ranking: score = Σ log p / len**β, higher is better (β = 1: the released data's
+``avg_token_prob``, "the average token log probability", per the released README; docs/fidelity.md, row "teacher").
 
 * ``sampling``: the candidates' own ``token_logprobs`` (the teacher sampled them, as text-davinci-003 did).
 * ``forced``: teacher-forced log-probs of any responses under a local HF model. Prompt and response are
@@ -17,10 +18,6 @@ from tuna.errors import TunaError
 from tuna.feedback.config import ScoringConfig
 from tuna.prompts import TemplateName, prompt_has_special_tokens, render_prompt
 from tuna.records import Ranking, Record
-
-
-def length_normalised(logprobs: list[float], beta: float) -> float:
-    return sum(logprobs) / max(len(logprobs), 1) ** beta
 
 
 def rank_by_scores(rec: Record, sums: list[float], lengths: list[int], *, beta: float, model: str, source: str) -> Record:

@@ -12,7 +12,8 @@ import torch
 from tuna.config import ModelConfig, OptimConfig
 from tuna.errors import TunaError
 from tuna.forward import response_token_logprobs
-from tuna.losses import LossConfig, LossOutput, mle_settings, objective_loss, pair_accuracy, tie_groups
+from tuna.losses import LossConfig, LossOutput, mle_settings, objective_loss
+from tuna.metrics import ObjectiveMetrics, counted_pairs
 
 
 class TunaModule(L.LightningModule):
@@ -37,6 +38,8 @@ class TunaModule(L.LightningModule):
         self._t0: float | None = None
         self._skipped = 0
         """Batches skipped for a non-finite loss (trainer.nonfinite=skip), logged as train/skipped_batches."""
+        self.train_metrics = ObjectiveMetrics()
+        self.val_metrics = ObjectiveMetrics()
         self.save_hyperparameters(
             {"model": vars(model_cfg) | {"lora": vars(model_cfg.lora) if model_cfg.lora else None},
              "loss": vars(loss_cfg) | dict(zip(("mle_weight", "mle_target"), mle_settings(loss_cfg))),  # as trained
@@ -98,14 +101,32 @@ class TunaModule(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.compute(batch)
         n = batch["input_ids"].shape[0]
-        metrics = {"val/loss": out.loss, "val/loss_rank": out.rank, "val/loss_mle": out.mle}
-        metrics.update(objective_metrics(out, "val", batch.get("rank_scores")))
-        self.log_dict(metrics, batch_size=n, sync_dist=True)
+        self.log_dict({"val/loss": out.loss, "val/loss_rank": out.rank, "val/loss_mle": out.mle}, batch_size=n, sync_dist=True)
+        # Every rank updates and logs the same metrics on every batch: their epoch values are synchronised across ranks.
+        m, rank_scores = self.val_metrics, batch.get("rank_scores")
+        pairs = counted_pairs(out, rank_scores)
+        m.pair_acc.update(out.scores, pairs)
+        self.log("val/pair_acc", m.pair_acc, on_step=False, on_epoch=True)
+        if out.rewards is not None:
+            m.reward_acc.update(out.rewards, pairs)
+            self.log("val/reward_acc", m.reward_acc, on_step=False, on_epoch=True)
+            m.reward_rank.update(out.rewards, out.rank_mask)
+        if rank_scores is not None:
+            m.tie_share.update(rank_scores[:, : out.rank_mask.shape[1]], out.rank_mask)
+            self.log("val/tie_share", m.tie_share, on_step=False, on_epoch=True)
+        m.score_rank.update(out.scores, out.rank_mask)
+
+    def on_validation_epoch_end(self) -> None:
+        # the per-position means are one vector metric each, logged position by position (synchronised by compute())
+        for name, metric in (("score_rank", self.val_metrics.score_rank), ("reward_rank", self.val_metrics.reward_rank)):
+            if metric.update_called:
+                for k, value in enumerate(metric.compute().reshape(-1)):
+                    self.log(f"val/{name}{k}", value)
+            metric.reset()
 
     def _log_step(self, batch: dict[str, torch.Tensor], out: Any) -> None:
         n = batch["input_ids"].shape[0]
         metrics = {"train/loss": out.loss.detach(), "train/loss_rank": out.rank.detach(), "train/loss_mle": out.mle.detach()}
-        metrics.update(objective_metrics(out, "train", batch.get("rank_scores")))
         real = batch["num_real_tokens"].float()
         slots = batch["num_slot_tokens"].float()
         metrics["train/padding_share"] = 1.0 - real / slots.clamp_min(1.0)
@@ -113,6 +134,29 @@ class TunaModule(L.LightningModule):
             metrics["train/skipped_batches"] = float(self._skipped)  # running count, logged every step
         self.log_dict(metrics, batch_size=n, on_step=True, prog_bar=False)
         self.log("loss", out.loss.detach(), prog_bar=True, batch_size=n, logger=False)
+        self._log_train_ranking(out, batch.get("rank_scores"))
+
+    def _log_train_ranking(self, out: LossOutput, rank_scores: torch.Tensor | None) -> None:
+        """This batch's values (``Metric.forward``); a step without a counted pair logs no pair accuracy."""
+        m = self.train_metrics
+        pairs = counted_pairs(out, rank_scores)
+        if bool(pairs.any()):
+            m.pair_acc(out.scores, pairs)
+            self.log("train/pair_acc", m.pair_acc, on_step=True, on_epoch=False)
+            if out.rewards is not None:
+                m.reward_acc(out.rewards, pairs)
+                self.log("train/reward_acc", m.reward_acc, on_step=True, on_epoch=False)
+        if rank_scores is not None and out.rank_mask.shape[1] > 1:
+            m.tie_share(rank_scores[:, : out.rank_mask.shape[1]], out.rank_mask)
+            self.log("train/tie_share", m.tie_share, on_step=True, on_epoch=False)
+        for name, metric, values in (("score_rank", m.score_rank, out.scores), ("reward_rank", m.reward_rank, out.rewards)):
+            if values is not None:
+                for k, value in enumerate(metric(values, out.rank_mask).reshape(-1)):  # torchmetrics squeezes [1]
+                    self.log(f"train/{name}{k}", value, on_step=True, batch_size=out.rank_mask.shape[0])
+
+    def on_train_epoch_end(self) -> None:
+        self.train_metrics.score_rank.reset()  # logged per step only: the running sums are not needed
+        self.train_metrics.reward_rank.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tuna_skipped_batches"] = self._skipped
@@ -154,28 +198,3 @@ class TunaModule(L.LightningModule):
             sched = get_constant_schedule_with_warmup(opt, warm)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-
-def objective_metrics(out: LossOutput, split: str, rank_scores: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The metrics every objective logs alike: ``pair_acc`` (share of the compared pairs that the student's
-    length-normalised log-likelihood orders like the ranking), ``score_rank{k}`` (its mean at rank k), ``tie_share``
-    (share of candidate pairs the ranker scored equal), and for objectives with their own reward (DPO, IPO)
-    ``reward_acc`` and ``reward_rank{k}``."""
-    scores = out.scores.detach()
-    metrics: dict[str, torch.Tensor] = {}
-    n = scores.shape[1]
-    if n > 1:
-        metrics[f"{split}/pair_acc"] = pair_accuracy(scores, out.rank_mask, out.pairs)
-        if out.rewards is not None:
-            metrics[f"{split}/reward_acc"] = pair_accuracy(out.rewards.detach(), out.rank_mask, out.pairs)
-        if rank_scores is not None:
-            groups = tie_groups(rank_scores[:, :n], out.rank_mask, "skip")
-            real = torch.triu(out.rank_mask[:, :, None] & out.rank_mask[:, None, :], diagonal=1)
-            tied = real & (groups[:, :, None] == groups[:, None, :])
-            metrics[f"{split}/tie_share"] = tied.sum().float() / real.sum().clamp_min(1).float()
-    for k in range(n):
-        valid = out.rank_mask[:, k]
-        if valid.any():
-            metrics[f"{split}/score_rank{k}"] = scores[valid, k].mean()
-            if out.rewards is not None:
-                metrics[f"{split}/reward_rank{k}"] = out.rewards.detach()[valid, k].mean()
-    return metrics
