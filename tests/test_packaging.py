@@ -27,7 +27,7 @@ def declared() -> list[str]:
 
 def imported_modules() -> set[str]:
     names = set()
-    for path in [*(REPO / "tuna").rglob("*.py"), *(REPO / "evaluation").rglob("*.py")]:
+    for path in [*(REPO / "tuna").rglob("*.py"), *(REPO / "evaluation").rglob("*.py"), *(REPO / "tuna_recipes").rglob("*.py")]:
         for m in re.finditer(r"^\s*(?:from|import)\s+([A-Za-z_][A-Za-z0-9_]*)", path.read_text(), re.M):
             names.add(m.group(1))
     return names
@@ -38,7 +38,7 @@ def test_every_dependency_is_imported_or_needed_by_another_package():
     assert len(deps) >= 15 and "torch" in deps
     used = imported_modules()
     unused = [d for d in deps if d not in NOT_IMPORTED and IMPORT_NAMES.get(d, d).replace("-", "_") not in used]
-    assert not unused, f"declared in pyproject.toml but imported nowhere in tuna/ or evaluation/: {unused}"
+    assert not unused, f"declared in pyproject.toml but imported nowhere in tuna/, evaluation/ or tuna_recipes/: {unused}"
     assert NOT_IMPORTED <= set(deps)
 
 

@@ -132,13 +132,13 @@ def test_every_experiment_config_is_valid(path):
         build_config(d)
     elif path.parent.name == "pipeline" or path.name == "demo.yaml":
         build_config(raw)
-    elif path.parent.name == "feedback":  # `tuna sample|judge --config`: every key is a parameter of the command
-        import inspect
+    elif path.parent.name == "feedback":  # `tuna sample|judge --config`: every key is a field of the command's job
+        import dataclasses
 
         from tuna.feedback import commands as fb
 
-        cmd = {"sample": fb.sample, "judge": fb.judge, "score": fb.score}[path.stem.split("_")[0]]
-        unknown = set(raw) - set(inspect.signature(cmd).parameters)
-        assert not unknown, f"{path.name}: keys {sorted(unknown)} are not parameters of tuna {cmd.__name__}"
+        job = fb.COMMANDS[path.stem.split("_")[0]]
+        unknown = set(raw) - {f.name for f in dataclasses.fields(job)}
+        assert not unknown, f"{path.name}: keys {sorted(unknown)} are not fields of tuna {path.stem.split('_')[0]}"
     else:
         raise AssertionError(f"{path}: no check for this kind of config")

@@ -183,10 +183,6 @@ class JudgeConfig(EndpointConfig):
     seed: int = 0
     """Seed for shuffles and the request seed."""
 
-    @property
-    def uses_grammar(self) -> bool:
-        return self.constrain == "rank_grammar"
-
 
 @dataclass(kw_only=True)
 class InputSlice:

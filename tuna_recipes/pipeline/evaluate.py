@@ -60,7 +60,7 @@ def evaluate_model(bench: str, model: str, label: str, out: Path, ecfg: Any, jud
             path = ev.eval_vicuna(model=model, opponent=ecfg.vicuna_opponent, limit=ecfg.vicuna_limit, judge_model=jmodel,
                                   judge_backend=jbackend, judge_base_url=jurl, judge_api_key_env=vj.api_key_env,
                                   judge_api_key_file=vj.api_key_file,
-                                  judge_grammar="score_grammar" if vj.uses_grammar else "none",
+                                  judge_grammar="score_grammar" if vj.constrain == "rank_grammar" else "none",
                                   judge_concurrency=vj.concurrency, judge_timeout=vj.timeout,
                                   judge_max_retries=vj.max_retries, max_cost=vj.max_cost,
                                   price_per_1k_prompt=vj.price_per_1k_prompt,
