@@ -9,26 +9,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from evaluation.predictions import generation_settings
 from tuna.errors import TunaError
 from tuna.paths import data_dir, data_file
 
 log = logging.getLogger("tuna.eval")
-
-
-def _gen(backend: str, template: str, max_new_tokens: int, batch_size: int, dtype: str, device: str, base_url: str | None,
-         *, temperature: float = 0.0, tokenizer: str | None = None, max_model_len: int | None = None):
-    """Generation settings with ``auto`` resolved where the model runs: the device (cuda when available), the backend
-    (vLLM there when installed, else batched HF) and the dtype (bf16 only where the device computes it natively)."""
-    from evaluation.predictions import GenerationSettings, resolve_backend
-    from tuna.precision import device_type, resolve_dtype
-
-    if backend in ("hf", "vllm", "auto"):  # the resolved dtype is part of the settings hash: fp32 and bf16 are kept apart
-        device = device_type(device)
-        backend = resolve_backend(backend, device)
-        dtype = resolve_dtype(dtype, "cuda" if backend == "vllm" else device)
-    return GenerationSettings(backend=backend, template=template, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                              dtype=dtype, device=device, base_url=base_url, temperature=temperature, tokenizer=tokenizer,
-                              max_model_len=max_model_len)
 
 
 def _references_default() -> str | None:
@@ -119,7 +104,7 @@ def eval_superni(
         log.info("Super-NI: the 8-task slice (%s); --data full evaluates all 119 test tasks", data)
     data = superni.resolve_data(data, references=references)
     rows = superni.load_instances(data, limit=limit, tasks=tasks, references=references if superni.is_checkout(data) else None)
-    gen = _gen(backend, template, max_new_tokens, batch_size, dtype, device, base_url, tokenizer=tokenizer, max_model_len=max_model_len)
+    gen = generation_settings(backend, template, max_new_tokens, batch_size, dtype, device, base_url, tokenizer=tokenizer, max_model_len=max_model_len)
     settings = {"benchmark": "superni", "model": model, "data": str(data), "n_instances": len(rows), "limit": limit,
                 "tasks": tasks, "num_pos_examples": num_pos_examples, "max_source_length": max_source_length,
                 "postprocess": postprocess, "prompt_format": "tk-instruct", **gen.hashed()}
@@ -206,7 +191,7 @@ def eval_lmentry(
     unknown = [t for t in names if t not in all_tasks]
     if unknown:
         raise TunaError(f"unknown LMentry tasks: {', '.join(unknown)}", field="tasks")
-    gen = _gen(backend, template, max_new_tokens, batch_size, dtype, device, base_url, tokenizer=tokenizer, max_model_len=max_model_len)
+    gen = generation_settings(backend, template, max_new_tokens, batch_size, dtype, device, base_url, tokenizer=tokenizer, max_model_len=max_model_len)
     settings = {"benchmark": "lmentry", "model": model, "data": str(data), "limit": limit, "tasks": names, "truncate": truncate, **gen.hashed()}
     d = start_run(out_root, "lmentry", model, settings)
     items = []
@@ -337,7 +322,7 @@ def eval_vicuna(
         if not model:
             raise TunaError("give --model (to generate answers) or --answers", field="model")
         model_ref = model
-        gen = _gen(backend, template, max_new_tokens, batch_size, dtype, device, base_url, temperature=temperature,
+        gen = generation_settings(backend, template, max_new_tokens, batch_size, dtype, device, base_url, temperature=temperature,
                    tokenizer=tokenizer, max_model_len=max_model_len)
         ans_settings = {"benchmark": "vicuna", "model": model, "limit": limit, **gen.hashed()}
         ans_fields = {"answers": "generated", **gen.decoding(), **protocol.template_fields(template, model)[0]}

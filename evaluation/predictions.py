@@ -87,6 +87,22 @@ def resolve_backend(backend: str, device: str) -> str:
     return "vllm" if device.startswith("cuda") and importlib.util.find_spec("vllm") is not None else "hf"
 
 
+def generation_settings(backend: str, template: str, max_new_tokens: int, batch_size: int, dtype: str, device: str,
+                        base_url: str | None, *, temperature: float = 0.0, tokenizer: str | None = None,
+                        max_model_len: int | None = None) -> GenerationSettings:
+    """Generation settings with ``auto`` resolved where the model runs: the device (cuda when available), the backend
+    (vLLM there when installed, else batched HF) and the dtype (bf16 only where the device computes it natively)."""
+    from tuna.precision import device_type, resolve_dtype
+
+    if backend in ("hf", "vllm", "auto"):  # the resolved dtype is part of the settings hash: fp32 and bf16 are kept apart
+        device = device_type(device)
+        backend = resolve_backend(backend, device)
+        dtype = resolve_dtype(dtype, "cuda" if backend == "vllm" else device)
+    return GenerationSettings(backend=backend, template=template, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              dtype=dtype, device=device, base_url=base_url, temperature=temperature, tokenizer=tokenizer,
+                              max_model_len=max_model_len)
+
+
 def render(texts: Sequence[str], template: str, model: str, tokenizer: Any = None) -> list[str]:
     """Wrap benchmark inputs in the student's prompt template (alpaca | chat | raw)."""
     from tuna.prompts import render_prompt

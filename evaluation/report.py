@@ -38,7 +38,13 @@ METRICS: list[tuple[str, str, str, int]] = [
     ("lmentry_score", "LMentry score", "lmentry", 1),
     ("lmentry_accuracy", "LMentry acc.", "lmentry", 1),
     ("lmentry_robustness", "LMentry rob.", "lmentry", 1),
+    ("verifiable_score", "Held-out score", "verifiable", 2),
+    ("verifiable_lmentry", "Held-out LMentry acc.", "verifiable", 2),
+    ("verifiable_superni", "Held-out Super-NI ROUGE-L", "verifiable", 2),
+    ("pair_accuracy", "Held-out pair acc.", "pairs", 2),
 ]
+_VERIFIABLE = {"verifiable_score": None, "verifiable_lmentry": "lmentry", "verifiable_superni": "superni"}
+"""The held-out items a verifiable column averages (None: all of them)."""
 _SUPERNI = {"superni_rougeL": "rougeL", "superni_em": "exact_match"}
 _LMENTRY = {"lmentry_score": "lmentry_score", "lmentry_accuracy": "accuracy", "lmentry_robustness": "robustness"}
 _ORDER = {k: i for i, (k, *_rest) in enumerate(METRICS)}
@@ -128,6 +134,12 @@ def entries(res: dict[str, Any], drop: tuple[str, ...] = ()) -> list[Entry]:
         return [Entry(col(k, h, f, d), res, m.get(_SUPERNI[k]), f) for k, h, bench, d in METRICS if bench == "superni"]
     if b == "lmentry":
         return [Entry(col(k, h, f, d), res, m.get(_LMENTRY[k]), f) for k, h, bench, d in METRICS if bench == "lmentry"]
+    if b == "verifiable":
+        per = m.get("per_benchmark") or {}
+        return [Entry(col(k, h, f, d), res, m.get("score") if _VERIFIABLE[k] is None else (per.get(_VERIFIABLE[k]) or {}).get("score"), f)
+                for k, h, bench, d in METRICS if bench == "verifiable" and (_VERIFIABLE[k] is None or _VERIFIABLE[k] in per)]
+    if b == "pairs":
+        return [Entry(col("pair_accuracy", "Held-out pair acc.", f, 2), res, m.get("pair_accuracy"), f)]
     if b == "vicuna":
         opp = (res.get("tags") or {}).get("opponent") or res.get("settings", {}).get("opponent")
         metric, header = f"vicuna_vs_{opp}", f"Vicuna vs {opp} (W/T/L)"
@@ -170,6 +182,8 @@ class Statistics:
             rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
             if res["benchmark"] == "superni":
                 self._items[str(path)] = {str(r["id"]): (100 * r["rougeL"], 100 * r["exact_match"]) for r in rows}
+            elif res["benchmark"] in ("verifiable", "pairs"):
+                self._items[str(path)] = {str(r["id"]): r for r in rows}
             else:
                 self._items[str(path)] = rows if rows and "template_id" in rows[0] else None
         return self._items[str(path)]
@@ -187,6 +201,15 @@ class Statistics:
             est = stats.mean_ci(w, **self._kw())
             return Cell(e.value, est.n, 100 * est.lo, 100 * est.hi, rate=100 * est.value)
         items = self.items(res)
+        if c.benchmark in ("verifiable", "pairs"):
+            if items is None:
+                return Cell(e.value, m.get("n"))
+            if c.benchmark == "pairs":
+                rows = [r for r in items.values() if r["pairs"]]
+                est = stats.ratio_ci([r["right"] for r in rows], [r["pairs"] for r in rows], **self._kw())
+                return Cell(e.value, est.n, 100 * est.lo, 100 * est.hi)
+            est = stats.mean_ci(_verifiable_scores(items, c.metric, list(items)), **self._kw())
+            return Cell(e.value, est.n, est.lo, est.hi)
         if c.benchmark == "superni":
             if items is None:
                 return Cell(e.value, m.get("n"))
@@ -215,6 +238,16 @@ class Statistics:
         ia, ib = self.items(e.result), self.items(base.result)
         if ia is None or ib is None:
             return None
+        if c.benchmark == "pairs":
+            common = sorted(i for i in set(ia) & set(ib) if ia[i]["pairs"] and ia[i]["pairs"] == ib[i]["pairs"])
+            est = stats.paired_ratio_difference([ia[i]["right"] for i in common], [ia[i]["pairs"] for i in common],
+                                                [ib[i]["right"] for i in common], [ib[i]["pairs"] for i in common], **self._kw())
+            return Cell(100 * est.value, est.n, 100 * est.lo, 100 * est.hi)
+        if c.benchmark == "verifiable":
+            common = sorted(set(ia) & set(ib))
+            est = stats.paired_difference(_verifiable_scores(ia, c.metric, common), _verifiable_scores(ib, c.metric, common),
+                                          **self._kw())
+            return Cell(est.value, est.n, est.lo, est.hi)
         if c.benchmark == "superni":
             common = sorted(set(ia) & set(ib))
             j = 0 if c.metric == "superni_rougeL" else 1
@@ -228,6 +261,12 @@ class Statistics:
             return None
         lo, hi = (None, None) if math.isnan(est.lo) else (est.lo, est.hi)
         return Cell(est.value, est.n, lo, hi)
+
+
+def _verifiable_scores(items: dict[str, dict[str, Any]], metric: str, ids: list[str]) -> list[float]:
+    """x100 per-item verifier scores of the column's held-out items, in the order of ``ids``."""
+    want = _VERIFIABLE[metric]
+    return [100 * items[i]["score"] for i in ids if want is None or items[i].get("benchmark") == want]
 
 
 def _wins(block: dict[str, Any]) -> list[float] | None:

@@ -3,9 +3,9 @@
 Percentile bootstrap (numpy), seeded, 95 % by default:
 
 * Super-NI: items are instances; a cell's interval resamples instances (the metric is their mean).
-* LMentry: a replicate resamples examples within each (task, template) cell (the benchmark's design: every template
-  of every task has a fixed number of examples) and recomputes the aggregate with
-  :func:`evaluation.lmentry.aggregate`. Drawing a cell's resample as multinomial counts over its kinds of example
+* LMentry: the accuracy's interval resamples examples within each task (templates pooled, as the accuracy pools
+  them). :func:`lmentry_replicates` resamples within each (task, template) cell and recomputes the whole aggregate
+  with :func:`evaluation.lmentry.aggregate`. Drawing a cell's resample as multinomial counts over its kinds of example
   (answer index x correct) is the same distribution as drawing the examples, and much cheaper. Intervals are given
   for the accuracy only: robustness is 100 - max |accuracy difference|, and resampling adds noise to every
   accuracy, which widens those differences, so the replicates of robustness (and of the score, accuracy x
@@ -145,12 +145,31 @@ def lmentry_replicates(items: list[dict[str, Any]], others: Sequence[list[dict[s
     return out
 
 
+def lmentry_accuracy_replicates(models: Sequence[list[dict[str, Any]]], *, resamples: int = RESAMPLES,
+                                seed: int = SEED) -> np.ndarray:
+    """LMentry accuracy (the mean over the core tasks of each task's share correct, templates pooled as upstream pools
+    them) on ``resamples`` resamples of the examples within each task, the same examples for every model:
+    (models, resamples). Resampling within (task, template) instead would give no variance at all to a slice with one
+    example per template."""
+    from evaluation.lmentry_scorers import CORE_TASKS
+
+    rng = np.random.default_rng(seed)
+    tasks = [t for t in CORE_TASKS if any(it["task"] == t for it in models[0])]
+    acc = np.zeros((len(models), resamples))
+    for t in tasks:
+        rows = [i for i, it in enumerate(models[0]) if it["task"] == t]
+        correct = np.array([[float(m[i]["score"]) for i in rows] for m in models])  # (models, n)
+        idx = rng.integers(0, len(rows), size=(resamples, len(rows)))
+        acc += 100 * correct[:, idx].mean(axis=2)
+    return acc / max(len(tasks), 1)
+
+
 def lmentry_cis(items: list[dict[str, Any]], *, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL) -> dict[str, Estimate]:
     """The LMentry score, accuracy and robustness of ``items``; an interval (else nan) for ``LMENTRY_WITH_INTERVAL``."""
     from evaluation import lmentry
 
     point = lmentry.summarize(lmentry.aggregate(lmentry.task_accuracies(lmentry.counts_from_items(items))))
-    rep = lmentry_replicates(items, resamples=resamples, seed=seed)[0]
+    rep = {"accuracy": lmentry_accuracy_replicates([items], resamples=resamples, seed=seed)[0]}
     out = {}
     for m in LMENTRY_METRICS:
         v = point[m]
@@ -168,7 +187,8 @@ def lmentry_paired(a: list[dict[str, Any]], b: list[dict[str, Any]], *, resample
     by_id = {r["id"]: r for r in b}
     common = [r for r in a if r["id"] in by_id]
     b_rows = [by_id[r["id"]] for r in common]
-    ra, rb = lmentry_replicates(common, [b_rows], resamples=resamples, seed=seed)
+    acc = lmentry_accuracy_replicates([common, b_rows], resamples=resamples, seed=seed)
+    ra, rb = {"accuracy": acc[0]}, {"accuracy": acc[1]}
     pa = lmentry.summarize(lmentry.aggregate(lmentry.task_accuracies(lmentry.counts_from_items(common))))
     pb = lmentry.summarize(lmentry.aggregate(lmentry.task_accuracies(lmentry.counts_from_items(b_rows))))
     out = {}
@@ -179,3 +199,43 @@ def lmentry_paired(a: list[dict[str, Any]], b: list[dict[str, Any]], *, resample
         lo, hi = interval(ra[m] - rb[m], level) if m in LMENTRY_WITH_INTERVAL else (float("nan"), float("nan"))
         out[m] = Estimate(pa[m] - pb[m], lo, hi, len(common))
     return out
+
+
+# ----------------------------------------------------------------------------------------------- ratios
+
+
+def bootstrap_ratios(num: np.ndarray, den: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``sum(num[i]) / sum(den[i])`` for each row of resample indices ``idx`` (nan where the denominator is 0)."""
+    n, d = num[idx].sum(axis=1), den[idx].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(d > 0, n / np.where(d > 0, d, 1), np.nan)
+
+
+def _indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def ratio_ci(num: Sequence[float], den: Sequence[float], *, resamples: int = RESAMPLES, seed: int = SEED,
+             level: float = LEVEL) -> Estimate:
+    """A ratio of sums over units (pairs ordered right / pairs, per ranked set), resampling the units: the pairs of one
+    set stay together, since they share its candidates."""
+    a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    value = float(a.sum() / b.sum()) if b.sum() > 0 else float("nan")
+    if not len(a):
+        return Estimate(value, float("nan"), float("nan"), 0)
+    lo, hi = interval(bootstrap_ratios(a, b, _indices(len(a), resamples, seed)), level)
+    return Estimate(value, lo, hi, len(a))
+
+
+def paired_ratio_difference(num_a: Sequence[float], den_a: Sequence[float], num_b: Sequence[float], den_b: Sequence[float], *,
+                            resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL) -> Estimate:
+    """ratio(a) - ratio(b) over the same units, resampling units together."""
+    na, da, nb, db = (np.asarray(x, dtype=float) for x in (num_a, den_a, num_b, den_b))
+    if not (na.shape == da.shape == nb.shape == db.shape):
+        raise ValueError("paired ratios need the same units")
+    value = float(na.sum() / da.sum() - nb.sum() / db.sum()) if da.sum() > 0 and db.sum() > 0 else float("nan")
+    if not len(na):
+        return Estimate(value, float("nan"), float("nan"), 0)
+    idx = _indices(len(na), resamples, seed)
+    lo, hi = interval(bootstrap_ratios(na, da, idx) - bootstrap_ratios(nb, db, idx), level)
+    return Estimate(value, lo, hi, len(na))

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from evaluation import protocol
 from tuna.errors import TunaError
 from tuna.hashing import file_hash
 from tuna.paths import data_file
@@ -91,7 +92,7 @@ def eval_verifiable(
     by: str = "task",
     limit: int | None = None,
     template: str = "alpaca",
-    backend: str = "hf",
+    backend: str = "auto",
     max_new_tokens: int = 48,
     batch_size: int = 16,
     dtype: str = "auto",
@@ -108,7 +109,7 @@ def eval_verifiable(
         by: task | rouge_l (see `tuna rank`).
         limit: First n records.
         template: alpaca | chat | raw.
-        backend: hf | openai | vllm.
+        backend: auto (vLLM on a GPU where installed, else HF) | hf | openai | vllm.
         max_new_tokens: Answer length.
         batch_size: Prompts per generation batch.
         dtype: auto | float32 | bfloat16 | float16.
@@ -117,18 +118,13 @@ def eval_verifiable(
         out_root: Where runs go.
         tags: Free labels stored in results.json.
     """
-    from evaluation.predictions import GenerationSettings, Timer, generate_cached, render, start_run, write_results
+    from evaluation.predictions import Timer, generate_cached, generation_settings, render, start_run, write_results
     from evaluation.verifiable import item_scores, summarise_items
-    from tuna.precision import device_type, resolve_dtype
     from tuna.records import atomic_write_text, read_records
 
     timer = Timer()
     records = read_records(data)[:limit] if limit else read_records(data)
-    if backend == "hf":
-        device = device_type(device)
-        dtype = resolve_dtype(dtype, device)
-    gen = GenerationSettings(backend=backend, template=template, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                             dtype=dtype, device=device, base_url=base_url)
+    gen = generation_settings(backend, template, max_new_tokens, batch_size, dtype, device, base_url)
     settings = {"benchmark": "verifiable", "model": model, "data": str(data), "data_hash": file_hash(data), "n": len(records),
                 "by": by, **gen.hashed()}
     d = start_run(out_root, "verifiable", model, settings)
@@ -138,7 +134,11 @@ def eval_verifiable(
     rows = item_scores(records, {k: v["prediction"] for k, v in preds.items()}, by)  # type: ignore[arg-type]
     atomic_write_text(d / "scores.jsonl", "".join(json.dumps(x) + "\n" for x in rows))
     metrics = summarise_items(rows)
-    path = write_results(d, benchmark="verifiable", model=model, settings=settings, metrics=metrics, wall_time_s=timer(), tags=tags)
+    fields = {"items": len(records), "data": settings["data_hash"], "by": by, "max_new_tokens": max_new_tokens,
+              "decoding": "greedy", **protocol.template_fields(template, model)[0]}
+    path = write_results(d, benchmark="verifiable", model=model, settings=settings, metrics=metrics, wall_time_s=timer(), tags=tags,
+                         extra={"protocol": protocol.make("verifiable", fields),
+                                "item_scores": {"file": "scores.jsonl", "unit": "item", "id": "id", "values": ["score"]}})
     per = ", ".join(f"{k} {v['score']:.2f} (n={v['n']})" for k, v in metrics["per_benchmark"].items())
     print(f"verifiable {model}: {metrics['score']:.2f} over {metrics['n']} items ({per}) -> {path}")
     return str(path)
@@ -193,7 +193,11 @@ def eval_pairs(
                                logprob_mode=logprob_mode)
     atomic_write_text(d / "scores.jsonl", "".join(json.dumps(x) + "\n" for x in rows))
     metrics = summarise_pairs(rows)
-    path = write_results(d, benchmark="pairs", model=model, settings=settings, metrics=metrics, wall_time_s=timer(), tags=tags)
+    fields = {"sets": len(records), "data": settings["data_hash"], "max_length": max_length,
+              **protocol.template_fields(template, model)[0]}
+    path = write_results(d, benchmark="pairs", model=model, settings=settings, metrics=metrics, wall_time_s=timer(), tags=tags,
+                         extra={"protocol": protocol.make("pairs", fields),
+                                "item_scores": {"file": "scores.jsonl", "unit": "ranked set", "id": "id", "values": ["right", "pairs"]}})
     print(f"pair accuracy {model}: {metrics['pair_accuracy']} over {metrics['pairs']} pairs in {metrics['n']} sets "
           f"({metrics['tied_pairs']} tied pairs not scored) -> {path}")
     return str(path)

@@ -131,3 +131,48 @@ def test_lmentry_paired_difference():
     better = _lmentry_items(2, model_shift=0.35)  # same random stream: b's correct answers are a superset of a's
     diff = stats.lmentry_paired(better, a, resamples=300)
     assert diff["accuracy"].value > 0 and diff["accuracy"].significant and diff["accuracy"].n == len(a)
+
+
+def test_ratio_bootstrap_against_a_per_replicate_loop_and_the_delta_method():
+    """Pair accuracy = sum(right) / sum(pairs) over ranked sets, resampling sets: the vectorised replicates equal a
+    plain loop, and on many sets the interval matches the delta-method (ratio estimator) standard error."""
+    rng = np.random.default_rng(3)
+    den = rng.integers(1, 7, size=600).astype(float)
+    num = rng.binomial(den.astype(int), 0.6).astype(float)
+    est = stats.ratio_ci(num, den, resamples=3000, seed=5)
+    assert est.value == num.sum() / den.sum() and est.n == 600
+    idx = np.random.default_rng(5).integers(0, 600, size=(3000, 600))
+    loop = np.array([num[i].sum() / den[i].sum() for i in idx])
+    assert np.allclose(stats.bootstrap_ratios(num, den, idx), loop)
+    r = est.value
+    se = math.sqrt(((num - r * den) ** 2).sum() / (600 * 599)) / den.mean()  # delta method for a ratio of means
+    assert est.lo == pytest.approx(r - 1.959964 * se, abs=0.08 * 1.96 * se)
+    assert est.hi == pytest.approx(r + 1.959964 * se, abs=0.08 * 1.96 * se)
+
+
+def test_paired_ratio_difference_of_identical_and_shifted_models():
+    rng = np.random.default_rng(4)
+    den = rng.integers(1, 7, size=300).astype(float)
+    num = rng.binomial(den.astype(int), 0.5).astype(float)
+    same = stats.paired_ratio_difference(num, den, num, den, resamples=500, seed=1)
+    assert same.value == 0.0 and same.lo == 0.0 and same.hi == 0.0 and same.n == 300
+    better = np.minimum(num + 1, den)  # one more pair right in every set where one was wrong
+    d = stats.paired_ratio_difference(better, den, num, den, resamples=1000, seed=1)
+    assert d.value == pytest.approx((better.sum() - num.sum()) / den.sum())
+    assert d.lo > 0 and d.significant
+
+
+def test_lmentry_accuracy_interval_with_one_example_per_template():
+    """The demo's slice has one example per (task, template): resampling within tasks (templates pooled, as the accuracy
+    pools them) still gives an interval; it matches an explicit per-replicate loop over each task's examples."""
+    items = _lmentry_items(3, per_template=1)
+    est = stats.lmentry_cis(items, resamples=400, seed=2)["accuracy"]
+    assert est.hi - est.lo > 5  # 25 tasks x 3 examples: far from a zero-width interval
+    rng = np.random.default_rng(2)
+    reps = np.zeros(400)
+    for t in CORE_TASKS:
+        x = np.array([it["score"] for it in items if it["task"] == t], dtype=float)
+        reps += 100 * x[rng.integers(0, len(x), size=(400, len(x)))].mean(axis=1)
+    reps /= len(CORE_TASKS)
+    assert np.allclose(stats.lmentry_accuracy_replicates([items], resamples=400, seed=2)[0], reps)
+    assert (est.lo, est.hi) == stats.interval(reps)

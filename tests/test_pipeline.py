@@ -121,15 +121,17 @@ def test_every_experiment_config_is_valid(path):
     from tuna_recipes.pipeline.sweep import SweepConfig
 
     raw = yaml.safe_load(path.read_text())
-    if path.parent.name in ("ablations", "sweeps"):
+    if path.parent.name in ("ablations", "sweeps", "verifiable"):
         sw = SweepConfig(**raw)
         base = build_config(yaml.safe_load((REPO / sw.base).read_text())) if sw.base else PipelineConfig()
         from dataclasses import asdict
 
-        d = asdict(base)
-        for k, v in {**sw.set, **{k: vs[0] for k, vs in sw.grid.items()}}.items():
-            set_dotted(d, k, v)
-        build_config(d)
+        runs = list(sw.arms.values()) or [{k: vs[0] for k, vs in sw.grid.items()}]
+        for overrides in runs:  # every arm (or the grid's first run) builds a valid pipeline config
+            d = json.loads(json.dumps(asdict(base)))
+            for k, v in {**sw.set, **overrides}.items():
+                set_dotted(d, k, v)
+            build_config(d)
     elif path.parent.name == "pipeline" or path.name == "demo.yaml":
         build_config(raw)
     elif path.parent.name == "feedback":  # `tuna sample|judge --config`: every key is a field of the command's job

@@ -127,3 +127,50 @@ def test_rank_command_resumes(splits, tmp_path):
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [c.id for c in cands]
     assert all(r["candidates"][0]["score"] == 1.0 and r["ranking"]["by"] == "verifier" for r in rows)
+
+
+def test_verifiable_sweep_arms_end_to_end(shared_data, tmp_path):
+    """`tuna sweep` with named arms on verifiable feedback (tiny model): the splits, the student's samples and their
+    verifier ranking are made once and shared by the arms; each arm trains its variant; the report compares every
+    row with the untrained student on the held-out task score and pair accuracy, with paired intervals."""
+    import subprocess
+    import sys
+
+    import yaml
+    from test_pipeline import REPO, tiny_pipeline
+
+    base = tiny_pipeline(tmp_path, ranker="verifier", variants=["tuna_c"], evaluate=["tuna_c"])
+    base["verifiable"] = {"lmentry_eval_per_task": 3, "lmentry_val_per_task": 1, "lmentry_train_per_task": 1,
+                          "superni_eval_per_task": 2, "superni_val_per_task": 1, "superni_train_per_task": 1,
+                          "pairs_limit": 6, "max_new_tokens": 4}
+    base["context_instructions"] = {"offset": 0, "limit": 6}
+    base["context_rank"] = {"trainer": {"accelerator": "cpu", "precision": "32-true", "max_steps": 2}, "optim": {"lr": 1e-3},
+                            "loss": {"ties": "skip"}, "data": {"regularizer": "none", "max_length": 256}}
+    base["best_of_n"] = {"trainer": {"accelerator": "cpu", "precision": "32-true", "max_steps": 2}, "optim": {"lr": 1e-3},
+                         "data": {"sft_target": "best", "max_length": 256}}
+    base["evaluation"] = {"benchmarks": ["verifiable", "pairs"], "template": "raw", "batch_size": 16}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    sweep = {"base": str(tmp_path / "base.yaml"), "name": "v", "run_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "res"),
+             "grid": {}, "baseline": "student [untrained]",
+             "arms": {"untrained": {"variants": [], "evaluate": ["student"]},
+                      "best_of_n": {"variants": ["best_of_n"], "evaluate": ["best_of_n"]},
+                      "rank_only": {"context_rank.loss.mle_weight": 0.0}}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    env = {**__import__("os").environ, "TUNA_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "tuna_recipes", "sweep", "--config", str(tmp_path / "sweep.yaml")],
+                          capture_output=True, text=True, timeout=1500, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    steps = {arm: json.loads((tmp_path / "runs" / arm / "manifest.json").read_text())["steps"] for arm in sweep["arms"]}
+    assert steps["best_of_n"]["sample_tuna_c"]["wall_s"] > 0 and steps["best_of_n"]["best_of_n"]["status"] == "done"
+    assert steps["rank_only"]["sample_tuna_c"].get("shared") and steps["rank_only"]["rank_tuna_c"].get("shared")
+    assert steps["rank_only"]["tuna_c"]["status"] == "done"
+    ranked = next((tmp_path / "runs/shared").glob("context-*/ranked-*.jsonl")).read_text().splitlines()
+    assert len(ranked) == 6 and all(json.loads(x)["ranking"]["by"] == "verifier" for x in ranked)
+    main = (tmp_path / "res/main.md").read_text()
+    for row in ("student [untrained]", "best_of_n [best_of_n]", "tuna_c [rank_only]"):
+        assert row in main, main
+    assert "Held-out score" in main and "Held-out pair acc." in main and "Held-out LMentry acc." in main
+    heldout = [json.loads(x) for x in next((tmp_path / "runs/shared").glob("verifiable-*/heldout.jsonl")).read_text().splitlines()]
+    assert len(heldout) == 25 * 3 + 8 * 2
+    # the differences table: every non-baseline row against the untrained student, over the same items
+    assert main.count("| tuna_c [rank_only]") == 2 and main.count("| best_of_n [best_of_n]") == 2

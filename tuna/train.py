@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,11 @@ def run_training(stage: str, cfg: TrainConfig, *, callbacks: list[Any] | None = 
     from tuna.stages.base import TunaModule
 
     spec = stage_spec(stage)
+    for message in (
+        r".*isinstance\(treespec, LeafSpec\).*",  # torch deprecation inside Lightning's own code
+        r"Total length of .* across ranks is zero",  # no validation file: nothing to validate, as asked
+    ):
+        warnings.filterwarnings("ignore", message=message)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     out = Path(cfg.out_dir)

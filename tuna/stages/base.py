@@ -57,6 +57,10 @@ class TunaModule(L.LightningModule):
                                 attn_implementation=self.model_cfg.attn_implementation)
         self._prepare_model()
 
+    def on_fit_start(self) -> None:
+        # from_pretrained returns a model in eval mode and Lightning keeps each submodule's mode: train it as trained
+        self.model.train()
+
     def _prepare_model(self) -> None:
         if self.model_cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -96,6 +100,13 @@ class TunaModule(L.LightningModule):
                 return None
             raise TunaError(msg + " (set trainer.nonfinite=skip to skip such batches)")
         self._log_step(batch, out)
+        if not out.loss.requires_grad:
+            # Nothing to learn here: e.g. ranking only (no MLE term) on a batch whose candidates all tie (a verifier
+            # scored them equal, ties skipped). Alone, skip the step; under DDP every rank must join the all-reduce,
+            # so send zero gradients through the scores instead.
+            if self.trainer.world_size == 1:
+                return None
+            return out.loss + 0.0 * out.scores.sum()
         return out.loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

@@ -65,8 +65,33 @@ def embedded_judge() -> JudgeConfig:
 def embedded_stage(name: str, **sections: Any) -> StageConfig:
     """A stage's defaults (tuna.stages.STAGES) with the embedded data settings: 256 tokens, 2 records per step, and
     the instructions' gold responses mixed back in as the released training files do (data.regularizer)."""
-    data = DataConfig(max_length=256, batch_size=2, regularizer="copies")
-    return STAGES[name].stage_config(data=data, **sections)
+    sections.setdefault("data", DataConfig(max_length=256, batch_size=2, regularizer="copies"))
+    return STAGES[name].stage_config(**sections)
+
+
+@dataclass
+class VerifiableConfig:
+    """Verifiable feedback (evaluation.verifiable): disjoint train / validation / held-out instruction splits from
+    LMentry and the Super-NI slice; the student's samples on the train split are ranked by each item's own scorer
+    (``ranker: verifier``), and the held-out split is what `verifiable` and `pairs` evaluate."""
+
+    lmentry_eval_per_task: int = 12
+    """Held-out examples per LMentry task (the slice `tuna eval lmentry --limit 12` evaluates)."""
+    lmentry_val_per_task: int = 2
+    lmentry_train_per_task: int = 8
+    superni_eval_per_task: int = 25
+    """Held-out instances per Super-NI slice task (from one half of its instances; training uses the other half)."""
+    superni_val_per_task: int = 5
+    superni_train_per_task: int = 25
+    split_seed: int = 0
+    by: str = "task"
+    """task (the benchmark's own per-item scorer) | rouge_l."""
+    eval_split: str = "heldout"
+    """heldout | val: what `verifiable` and `pairs` evaluate (choose settings on val, report on heldout)."""
+    pairs_limit: int | None = 200
+    """Held-out instructions whose student samples, ranked by the verifier, measure pair accuracy (None: all)."""
+    max_new_tokens: int = 48
+    """Answer length of the held-out evaluation."""
 
 
 @dataclass
@@ -125,7 +150,8 @@ class PipelineConfig:
     context_rank: StageConfig = field(default_factory=lambda: embedded_stage("context-rank"))
     variants: list[str] = field(default_factory=lambda: ["tuna_p", "tuna_c", "tuna"])
     """Models to build: tuna_p (prob. ranking), tuna_c (contextual from the student), tuna (contextual from
-    Tuna_p), tuna_cp (probabilistic ranking after Tuna_c: the c→p order)."""
+    Tuna_p), tuna_cp (probabilistic ranking after Tuna_c: the c→p order), best_of_n (SFT on the top candidate of
+    the tuna_c data)."""
     evaluate: list[str] = field(default_factory=lambda: ["student", "tuna_p", "tuna_c", "tuna"])
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     prob_ranked: str | None = None
@@ -135,11 +161,21 @@ class PipelineConfig:
     """Ranked sets to train Tuna on instead of making them from Tuna_p's samples (the imported gpt-4-ranking.json)."""
     paper_numbers: str | None = None
     """The paper's numbers (experiments/paper_numbers.example.yaml, keyed by row) for the tables' "(paper)" columns."""
+    ranker: str = "judge"
+    """Who ranks the contextual candidates: judge (an LLM, `judge`) | verifier (each item's own scorer; needs
+    `verifiable`)."""
+    verifiable: VerifiableConfig | None = None
+    """Verifiable feedback: the splits, the verifier and the held-out evaluation (benchmarks verifiable and pairs)."""
+    best_of_n: StageConfig = field(default_factory=lambda: embedded_stage(
+        "sft", data=DataConfig(max_length=256, batch_size=2, sft_target="best")))
+    """Variant best_of_n: SFT of the student on the top candidate of its own ranked samples (the tuna_c data)."""
     seed: int = 42
     threads: int | None = None
 
 
 def set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``cfg[a][b][c] = value`` for ``key = "a.b.c"``; a dict value is merged into the section it names (keys it
+    leaves out keep their values), anything else replaces it."""
     node = cfg
     parts = key.split(".")
     for part in parts[:-1]:
@@ -148,7 +184,11 @@ def set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:
         node = node[part]
     if parts[-1] not in node:
         raise TunaError(f"config key {key!r} does not exist", field=key)
-    node[parts[-1]] = value
+    if isinstance(value, dict) and isinstance(node[parts[-1]], dict):
+        for k, v in value.items():
+            set_dotted(node, f"{parts[-1]}.{k}", v)
+    else:
+        node[parts[-1]] = value
 
 
 def build_config(d: dict[str, Any]) -> PipelineConfig:

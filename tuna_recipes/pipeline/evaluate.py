@@ -40,8 +40,9 @@ def run_device(ecfg: Any, trainers: list[Any]) -> str:
 
 
 def evaluate_model(bench: str, model: str, label: str, out: Path, ecfg: Any, judge: Any, *, run_name: str,
-                   device: str = "auto") -> dict[str, Any]:
-    """Run one benchmark on one model on ``device``; copies its results.json to ``out`` (the step's marker)."""
+                   device: str = "auto", data: str | None = None, verifiable: Any = None) -> dict[str, Any]:
+    """Run one benchmark on one model on ``device``; copies its results.json to ``out`` (the step's marker).
+    ``data``: the held-out file of the verifiable and pairs benchmarks (the pipeline makes it)."""
     from evaluation import commands as ev
 
     out_root = str(out.parent.parent / "runs")
@@ -66,8 +67,16 @@ def evaluate_model(bench: str, model: str, label: str, out: Path, ecfg: Any, jud
                                   price_per_1k_prompt=vj.price_per_1k_prompt,
                                   price_per_1k_completion=vj.price_per_1k_completion,
                                   max_new_tokens=ecfg.vicuna_max_new_tokens or ecfg.max_new_tokens * 2, **orders, **common)
+    elif bench == "verifiable":
+        from evaluation.verifiable_commands import eval_verifiable
+
+        path = eval_verifiable(model=model, data=str(data), by=verifiable.by, max_new_tokens=verifiable.max_new_tokens, **common)
+    elif bench == "pairs":
+        from evaluation.verifiable_commands import eval_pairs
+
+        path = eval_pairs(model=model, data=str(data), template=ecfg.template, device=device, out_root=out_root, tags=tags)
     else:
-        raise TunaError(f"unknown benchmark {bench!r} (superni | lmentry | vicuna)", field="evaluation.benchmarks")
+        raise TunaError(f"unknown benchmark {bench!r} (superni | lmentry | vicuna | verifiable | pairs)", field="evaluation.benchmarks")
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, out)
     res = json.loads(Path(path).read_text())

@@ -26,7 +26,8 @@ def make_report(eval_dir: Path, results_dir: str, name: str, *, manifest: dict[s
     return {"dir": str(out), "files": sorted(p.name for p in Path(out).iterdir())}
 
 
-def make_sweep_report(runs: list[dict[str, Any]], results_dir: str, name: str) -> dict[str, Any]:
+def make_sweep_report(runs: list[dict[str, Any]], results_dir: str, name: str, *, baseline: str | None = None,
+                      knob_tables: bool = True) -> dict[str, Any]:
     """One ablation table over the sweep's runs (rows = runs, labelled by their knob values) plus plots."""
     import tempfile
 
@@ -45,8 +46,8 @@ def make_sweep_report(runs: list[dict[str, Any]], results_dir: str, name: str) -
                 dest.write_text(json.dumps(res))
         if not any(Path(tmp).rglob("results.json")):
             return {}
-        out = build(tmp, results_dir, paper=None, ablation="run")
-        knobs = sorted({k.split(".")[-1] for r in runs for k in r["overrides"]})
+        out = build(tmp, results_dir, paper=None, ablation="run", baseline=baseline)
+        knobs = sorted({k.split(".")[-1] for r in runs for k in r["overrides"]}) if knob_tables else []
         if len(knobs) == 1:  # one knob: also a table and plots keyed by its values
             build(tmp, results_dir, paper=None, ablation=knobs[0])
         elif len(knobs) == 2:  # two knobs: each metric against the first, one line per value of the second

@@ -31,7 +31,7 @@ from tuna_recipes.pipeline.evaluate import evaluate_model, run_device
 from tuna_recipes.pipeline.manifest import Manifest
 from tuna_recipes.pipeline.report import make_report
 
-VARIANTS = ("tuna_p", "tuna_c", "tuna", "tuna_cp")
+VARIANTS = ("tuna_p", "tuna_c", "tuna", "tuna_cp", "best_of_n")
 
 
 class PipelineRun:
@@ -41,7 +41,7 @@ class PipelineRun:
         self.cfg = cfg
         self.dir = Path(cfg.run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.shared = self.dir / "shared"
+        self.shared = (self.dir / "shared").resolve()  # a sweep links every run's shared/ to one folder: key by the real path
         self.man = Manifest(self.dir, asdict(cfg))
 
     def instructions(self, s: InstructionSlice, *, kind: str = "any"):
@@ -77,25 +77,90 @@ class PipelineRun:
                      shared_marker=ranked.with_suffix(".done"))
         return ranked
 
-    def context_data(self, tag: str, generator: str) -> Path:
-        """The model ``generator`` samples its own candidates and the judge ranks them (contextual ranking)."""
+    def verifiable_splits(self) -> dict[str, Path]:
+        """The train / val / held-out instruction files of ``verifiable`` (shared by the runs of a sweep)."""
+        from evaluation.verifiable import make_splits
+        from tuna.paths import data_file
+
+        v = self.cfg.verifiable
+        if v is None:
+            raise TunaError("ranker verifier and the benchmarks verifiable/pairs need a `verifiable` section", field="verifiable")
+        sizes = {k: getattr(v, k) for k in ("lmentry_eval_per_task", "lmentry_val_per_task", "lmentry_train_per_task",
+                                            "superni_eval_per_task", "superni_val_per_task", "superni_train_per_task")}
+        d = self.shared / f"verifiable-{config_hash([sizes, v.split_seed])}"
+        paths = {name: d / f"{name}.jsonl" for name in ("train", "val", "heldout")}
+
+        def make() -> None:
+            splits = make_splits(superni_data=data_file("superni/superni_test_slice.jsonl.gz"),
+                                 lmentry_data=data_file("lmentry/lmentry_tasks.json.gz"), seed=v.split_seed, **sizes)
+            for name, recs in splits.items():
+                write_records(paths[name], recs)
+
+        self.man.run("verifiable_splits", {"sizes": sizes, "seed": v.split_seed}, list(paths.values()), make,
+                     shared_marker=d / "splits.done")
+        return paths
+
+    def rank(self, cands: Path, ranked: Path) -> None:
+        """The contextual ranker on a candidate file: the LLM judge, or each item's verifier."""
         from tuna.feedback.judge import judge_candidates
+
+        if self.cfg.ranker == "verifier":
+            from evaluation.verifiable_commands import rank
+
+            rank(str(cands), str(ranked), by=self.cfg.verifiable.by)  # type: ignore[union-attr]
+        elif self.cfg.ranker == "judge":
+            judge_candidates(load_inputs(str(cands), fmt="tuna", min_candidates=2), str(ranked),
+                             replace(self.cfg.judge, seed=self.cfg.seed))
+        else:
+            raise TunaError(f"unknown ranker {self.cfg.ranker!r} (judge | verifier)", field="ranker")
+
+    def context_data(self, tag: str, generator: str) -> Path:
+        """The model ``generator`` samples its own candidates and the ranker ranks them (contextual ranking). Keyed by
+        the generator's content and the settings, so the runs of a sweep that start from one model share them."""
         from tuna.feedback.sampling import sample_candidates
 
-        cfg, s, j = self.cfg, self.cfg.student_sampling, self.cfg.judge
-        cands, ranked = self.dir / f"context.{tag}.candidates.jsonl", self.dir / f"context.{tag}.ranked.jsonl"
+        cfg, s = self.cfg, self.cfg.student_sampling
+        src = cfg.context_instructions
+        if cfg.ranker == "verifier":
+            src = replace(src, path=str(self.verifiable_splits()["train"]))
+        ranker = asdict(cfg.judge) if cfg.ranker == "judge" else {"verifier": asdict(cfg.verifiable)}  # type: ignore[arg-type]
+        key = config_hash([model_hash(generator), asdict(s), asdict(src), expand_data(src.path), cfg.seed])
+        d = self.shared / f"context-{key}"
+        cands, ranked = d / "candidates.jsonl", d / f"ranked-{config_hash([cfg.ranker, ranker])}.jsonl"
         gen = GeneratorConfig(model=generator, backend="hf", dtype=s.dtype, batch_size=s.batch_size)
         self.man.run(f"sample_{tag}", {"generator": generator, "gen_hash": model_hash(generator), "sampling": asdict(s),
-                                       "slice": asdict(cfg.context_instructions)}, [cands],
-                     lambda: sample_candidates(self.instructions(cfg.context_instructions), str(cands), gen,
-                                               replace(s, seed=cfg.seed)) and None)
+                                       "slice": asdict(src)}, [cands],
+                     lambda: sample_candidates(self.instructions(src), str(cands), gen, replace(s, seed=cfg.seed)) and None,
+                     shared_marker=cands.with_suffix(".done"))
 
-        def judge() -> dict[str, Any]:
-            judge_candidates(load_inputs(str(cands), fmt="tuna", min_candidates=2), str(ranked), replace(j, seed=cfg.seed))
+        def do_rank() -> dict[str, Any]:
+            self.rank(cands, ranked)
             summary = ranked.with_name(ranked.name.removesuffix(".jsonl") + ".summary.json")
             return {"judge": json.loads(summary.read_text())} if summary.exists() else {}
 
-        self.man.run(f"judge_{tag}", {"candidates": file_hash(cands), "judge": asdict(j)}, [ranked], judge)
+        self.man.run(f"{'judge' if cfg.ranker == 'judge' else 'rank'}_{tag}", {"candidates": file_hash(cands), "ranker": cfg.ranker,
+                                                                              "settings": ranker}, [ranked], do_rank,
+                     shared_marker=ranked.with_suffix(".done"))
+        return ranked
+
+    def heldout_pairs(self) -> Path:
+        """The starting student's samples on held-out instructions, ranked by the verifier: the sets pair accuracy is
+        measured on (no model trains on them)."""
+        from evaluation.verifiable_commands import rank
+        from tuna.feedback.sampling import sample_candidates
+
+        cfg, s, v = self.cfg, self.cfg.student_sampling, self.cfg.verifiable
+        split = self.verifiable_splits()[v.eval_split]  # type: ignore[union-attr]
+        src = InstructionSlice(path=str(split), offset=0, limit=v.pairs_limit)  # type: ignore[union-attr]
+        key = config_hash([model_hash(cfg.student), asdict(s), asdict(src), cfg.seed, v.by])  # type: ignore[union-attr]
+        d = self.shared / f"pairs-{key}"
+        cands, ranked = d / "candidates.jsonl", d / "ranked.jsonl"
+        gen = GeneratorConfig(model=cfg.student, backend="hf", dtype=s.dtype, batch_size=s.batch_size)
+        self.man.run("sample_heldout", {"generator": cfg.student, "sampling": asdict(s), "slice": asdict(src)}, [cands],
+                     lambda: sample_candidates(self.instructions(src), str(cands), gen, replace(s, seed=cfg.seed + 1)) and None,
+                     shared_marker=cands.with_suffix(".done"))
+        self.man.run("rank_heldout", {"candidates": file_hash(cands), "by": v.by}, [ranked],  # type: ignore[union-attr]
+                     lambda: rank(str(cands), str(ranked), by=v.by) and None, shared_marker=ranked.with_suffix(".done"))  # type: ignore[union-attr]
         return ranked
 
     def reference_data(self, name: str, sc: StageConfig, start: str, ranked: Path) -> Path:
@@ -142,6 +207,11 @@ class PipelineRun:
     def evaluate(self, models: dict[str, str]) -> dict[str, Any]:
         cfg = self.cfg
         device = run_device(cfg.evaluation, [s.trainer for s in (cfg.sft, cfg.prob_rank, cfg.context_rank) if s is not None])
+        data: dict[str, str] = {}
+        if "verifiable" in cfg.evaluation.benchmarks:
+            data["verifiable"] = str(self.verifiable_splits()[cfg.verifiable.eval_split])  # type: ignore[union-attr]
+        if "pairs" in cfg.evaluation.benchmarks:
+            data["pairs"] = str(self.heldout_pairs())
         for label in cfg.evaluate:
             if label not in models:
                 continue
@@ -149,9 +219,11 @@ class PipelineRun:
                 out = self.dir / "eval" / label / f"{bench}.json"
                 self.man.run(f"eval_{label}_{bench}", {"model": models[label], "model_hash": model_hash(models[label]),
                                                        "bench": bench, "eval": asdict(cfg.evaluation), "judge": asdict(cfg.judge),
-                                                       "device": device},
+                                                       "device": device, "data": file_hash(data[bench]) if bench in data else None,
+                                                       "verifiable": asdict(cfg.verifiable) if bench in data else None},  # type: ignore[arg-type]
                              [out], lambda label=label, bench=bench, out=out: evaluate_model(
-                                 bench, models[label], label, out, cfg.evaluation, cfg.judge, run_name=cfg.name, device=device))
+                                 bench, models[label], label, out, cfg.evaluation, cfg.judge, run_name=cfg.name, device=device,
+                                 data=data.get(bench), verifiable=cfg.verifiable))
         baseline = "student" if "student" in cfg.evaluate else None
         return make_report(self.dir / "eval", cfg.results_dir, cfg.name, manifest=self.man.data, baseline=baseline,
                            paper=cfg.paper_numbers)
@@ -190,6 +262,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         models["tuna"] = run.train("tuna", "context-rank", cfg.context_rank, models["tuna_p"], data)
     if "tuna_c" in cfg.variants or "tuna_cp" in cfg.variants:
         models["tuna_c"] = run.train("tuna_c", "context-rank", cfg.context_rank, student, run.context_data("tuna_c", student))
+    if "best_of_n" in cfg.variants:
+        models["best_of_n"] = run.train("best_of_n", "sft", cfg.best_of_n, student, run.context_data("tuna_c", student))
     if "tuna_cp" in cfg.variants:
         models["tuna_cp"] = run.train("tuna_cp", "prob-rank", cfg.prob_rank, models["tuna_c"], ranked)  # type: ignore[arg-type]
 

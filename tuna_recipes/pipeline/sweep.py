@@ -30,7 +30,8 @@ def run_label(overrides: dict[str, Any]) -> str:
 
 @dataclass
 class SweepConfig:
-    """A grid over any pipeline config keys: one run per combination, then the ablation tables."""
+    """A grid over any pipeline config keys (or named arms, each its own overrides): one run per combination or
+    arm, then the ablation tables."""
 
     base: str | None = None
     """A pipeline YAML (default: the embedded demo settings)."""
@@ -39,6 +40,11 @@ class SweepConfig:
     """Dotted pipeline keys → values, e.g. {prob_rank.loss.margin: [0.0, 0.1]}."""
     set: dict[str, Any] = field(default_factory=dict)
     """Fixed overrides for every run (e.g. {variants: [tuna_p], evaluate: [tuna_p]})."""
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Named runs, each with its own dotted overrides (applied after `set`), instead of the grid: for comparisons
+    whose runs differ in more than one knob (e.g. {best_of_n: {variants: [best_of_n]}, dpo: {...}})."""
+    baseline: str | None = None
+    """The row every other row is compared with by a paired bootstrap (e.g. "student [untrained]")."""
     name: str = "sweep"
     run_dir: str = "runs/sweep"
     results_dir: str = "results/sweep"
@@ -53,18 +59,17 @@ def run_sweep(sw: SweepConfig) -> dict[str, Any]:
         base = asdict(build_config(loaded))
     for k, v in sw.set.items():
         set_dotted(base, k, v)
-    combos = expand_grid(sw.grid)
+    plan = list(sw.arms.items()) if sw.arms else [(run_label(o), o) for o in expand_grid(sw.grid)]
     root = Path(sw.run_dir)
-    print(f"sweep {sw.name}: {len(combos)} runs over {', '.join(sw.grid)}")
+    print(f"sweep {sw.name}: {len(plan)} runs" + (f" ({', '.join(sw.arms)})" if sw.arms else f" over {', '.join(sw.grid)}"))
     runs = []
-    for i, overrides in enumerate(combos):
+    for i, (label, overrides) in enumerate(plan):
         d = json.loads(json.dumps(base))
         for k, v in overrides.items():
             set_dotted(d, k, v)
-        label = run_label(overrides)
         d.update(name=label, run_dir=str(root / label), results_dir=str(Path(sw.results_dir) / "runs" / label))
         cfg = build_config(d)
-        print(f"\n##### sweep run {i + 1}/{len(combos)}: {label}")
+        print(f"\n##### sweep run {i + 1}/{len(plan)}: {label}")
         # runs share the data steps whose settings they share (teacher samples and scores)
         shared = root / "shared"
         shared.mkdir(parents=True, exist_ok=True)
@@ -76,6 +81,6 @@ def run_sweep(sw: SweepConfig) -> dict[str, Any]:
         data = run_pipeline(cfg)
         runs.append({"label": label, "overrides": overrides, "run_dir": cfg.run_dir, "timings": Manifest(run_path, asdict(cfg)).timings()})
         del data
-    tables = make_sweep_report(runs, sw.results_dir, sw.name)
+    tables = make_sweep_report(runs, sw.results_dir, sw.name, baseline=sw.baseline, knob_tables=not sw.arms)
     atomic_write_json(root / "sweep.json", {"sweep": asdict(sw), "runs": runs, "tables": tables})
     return {"runs": runs, "tables": tables}
