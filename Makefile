@@ -16,4 +16,4 @@ lint: setup
 	$(VENV)/bin/ruff check tuna tuna_recipes evaluation tests benchmarks
 
 bench: setup
-	$(PY) benchmarks/ranking_step.py && $(PY) benchmarks/sampling.py && $(PY) benchmarks/superni_metric.py && $(PY) benchmarks/judge.py
+	$(PY) benchmarks/precision_and_sampler.py && $(PY) benchmarks/ranking_step.py && $(PY) benchmarks/sampling.py && $(PY) benchmarks/superni_metric.py && $(PY) benchmarks/judge.py

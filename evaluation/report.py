@@ -369,9 +369,10 @@ def _grid(results: list[dict[str, Any]], row_of: Any, drop: tuple[str, ...] = ()
 def _protocol_notes(cols: list[Column], grid: dict[Any, dict[Column, Entry]], st: Statistics) -> str:
     fields = {c.key: e.fields for cs in grid.values() for c, e in cs.items()}
     lines = ["", f"Cells: value [95 % bootstrap interval] n = items ({st.resamples} resamples, seed {st.seed}). Resampled: "
-             "Super-NI instances; LMentry examples within task × template, with an interval on the accuracy only "
+             "Super-NI instances; LMentry examples within each task (templates pooled, as the accuracy pools them), with an interval on the accuracy only "
              "(robustness, and so the score, is biased under resampling); Vicuna QA questions, the interval on the "
-             "win rate (wins / decided questions).", "", "Protocols (columns with different protocols are never merged):", ""]
+             "win rate (wins / decided questions); held-out items (verifiable); held-out ranked sets (pair accuracy: right "
+             "pairs / pairs, the pairs of a set resampled together).", "", "Protocols (columns with different protocols are never merged):", ""]
     seen = set()
     for c in cols:
         if (c.benchmark, c.key) in seen:
