@@ -174,3 +174,24 @@ def test_verifiable_sweep_arms_end_to_end(shared_data, tmp_path):
     assert len(heldout) == 25 * 3 + 8 * 2
     # the differences table: every non-baseline row against the untrained student, over the same items
     assert main.count("| tuna_c [rank_only]") == 2 and main.count("| best_of_n [best_of_n]") == 2
+
+
+def test_skip_all_tied_drops_sets_without_a_ranking(smol_tokenizer, vicuna_ranked, tmp_path):
+    from tuna.config import DataConfig
+    from tuna.data import RankedCandidatesDataModule
+    from tuna.records import write_records
+
+    recs = read_records(vicuna_ranked)[:6]
+    for r in recs[:4]:  # four sets the verifier scored alike throughout
+        for c in r.candidates:
+            c.score = 0.0
+    path = tmp_path / "r.jsonl"
+    write_records(path, recs)
+    counts = {}
+    for mode in ("rank", "sft"):
+        for skip in (False, True):
+            cfg = DataConfig(train_file=str(path), max_length=128, skip_all_tied=skip, sft_target="best", cache_dir=str(tmp_path / "c"))
+            dm = RankedCandidatesDataModule(cfg, smol_tokenizer, mode=mode)
+            dm.setup()
+            counts[(mode, skip)] = len(dm.train_ds)
+    assert counts == {("rank", False): 6, ("rank", True): 2, ("sft", False): 6, ("sft", True): 2}

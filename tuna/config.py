@@ -184,6 +184,10 @@ class DataConfig:
     """Regulariser rows per training record, taken from the start of the source (None: all of them)."""
     sft_target: Literal["gold", "best"] = "gold"
     """SFT trains on the gold response, or on the top-ranked candidate when there is no gold."""
+    skip_all_tied: bool = False
+    """Leave out the ranked sets whose candidates all share one score (a verifier that scored every sample alike): they
+    hold no ranking, and every stage then trains on the same records (the top candidate of such a set is no better
+    than the rest, so best-of-N SFT skips them too)."""
     batch_size: int = 4
     """Records per micro-batch (each with all its candidates)."""
     shuffle: bool = True

@@ -407,6 +407,12 @@ class RankedCandidatesDataModule(L.LightningDataModule):
         records = read_records(path, kind="ranked" if self.mode == "rank" else "any")
         if self.cfg.limit:
             records = records[: self.cfg.limit]
+        if self.cfg.skip_all_tied:
+            kept = [r for r in records if r.ranking is None or len({c.score for c in r.candidates}) > 1]
+            log.info("data.skip_all_tied: %d of %d ranked sets have a ranking (the rest tie throughout)", len(kept), len(records))
+            if not kept:
+                raise TunaError("every ranked set ties throughout: nothing to learn (data.skip_all_tied)", path=path, field="candidates")
+            records = kept
         if self.mode == "sft":
             for r in records:
                 if r.gold is None and r.ranking is None:

@@ -74,7 +74,9 @@ def evaluate_model(bench: str, model: str, label: str, out: Path, ecfg: Any, jud
     elif bench == "pairs":
         from evaluation.verifiable_commands import eval_pairs
 
-        path = eval_pairs(model=model, data=str(data), template=ecfg.template, device=device, out_root=out_root, tags=tags)
+        # prefix-shared: each set's prompt once (the same scores as the padded layout, tested), 8 sets per forward
+        path = eval_pairs(model=model, data=str(data), template=ecfg.template, device=device, out_root=out_root, tags=tags,
+                          logprob_mode="prefix_shared", batch_size=8)
     else:
         raise TunaError(f"unknown benchmark {bench!r} (superni | lmentry | vicuna | verifiable | pairs)", field="evaluation.benchmarks")
     out.parent.mkdir(parents=True, exist_ok=True)
