@@ -11,7 +11,7 @@ from evaluation.report import make_report as build
 from tuna.records import atomic_write_json
 
 
-def make_report(eval_dir: Path, results_dir: str, name: str, *, manifest: dict[str, Any] | None = None,
+def make_report(eval_dir: Path, results_dir: str, *, manifest: dict[str, Any] | None = None,
                 ablation: str | None = None, baseline: str | None = None, paper: str | None = None) -> dict[str, Any]:
     """The run's tables and plots into ``results_dir`` (main.md/.tex, PNGs), every row compared with ``baseline``
     (the starting student), with the paper's numbers when ``paper`` names a numbers file, plus the per-step timings."""
@@ -26,7 +26,7 @@ def make_report(eval_dir: Path, results_dir: str, name: str, *, manifest: dict[s
     return {"dir": str(out), "files": sorted(p.name for p in Path(out).iterdir())}
 
 
-def make_sweep_report(runs: list[dict[str, Any]], results_dir: str, name: str, *, baseline: str | None = None,
+def make_sweep_report(runs: list[dict[str, Any]], results_dir: str, *, baseline: str | None = None,
                       knob_tables: bool = True) -> dict[str, Any]:
     """One ablation table over the sweep's runs (rows = runs, labelled by their knob values) plus plots."""
     import tempfile

@@ -225,7 +225,7 @@ class PipelineRun:
                                  bench, models[label], label, out, cfg.evaluation, cfg.judge, run_name=cfg.name, device=device,
                                  data=data.get(bench), verifiable=cfg.verifiable))
         baseline = "student" if "student" in cfg.evaluate else None
-        return make_report(self.dir / "eval", cfg.results_dir, cfg.name, manifest=self.man.data, baseline=baseline,
+        return make_report(self.dir / "eval", cfg.results_dir, manifest=self.man.data, baseline=baseline,
                            paper=cfg.paper_numbers)
 
 

@@ -81,6 +81,6 @@ def run_sweep(sw: SweepConfig) -> dict[str, Any]:
         data = run_pipeline(cfg)
         runs.append({"label": label, "overrides": overrides, "run_dir": cfg.run_dir, "timings": Manifest(run_path, asdict(cfg)).timings()})
         del data
-    tables = make_sweep_report(runs, sw.results_dir, sw.name, baseline=sw.baseline, knob_tables=not sw.arms)
+    tables = make_sweep_report(runs, sw.results_dir, baseline=sw.baseline, knob_tables=not sw.arms)
     atomic_write_json(root / "sweep.json", {"sweep": asdict(sw), "runs": runs, "tables": tables})
     return {"runs": runs, "tables": tables}
