@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -68,16 +69,29 @@ def lmentry_records(task: str, examples: list[tuple[str, dict[str, Any]]]) -> li
     return out
 
 
+@dataclass
+class SplitSizes:
+    """How many items of each benchmark task go to the held-out, validation and training splits."""
+
+    lmentry_eval_per_task: int = 12
+    """Held-out examples per LMentry task (the slice `tuna eval lmentry --limit 12` evaluates)."""
+    lmentry_val_per_task: int = 2
+    """Validation examples per LMentry task (outside the evaluation slice)."""
+    lmentry_train_per_task: int = 8
+    """Training examples per LMentry task (outside the evaluation slice)."""
+    superni_eval_per_task: int = 25
+    """Held-out instances per Super-NI slice task (from one half of its instances; training uses the other half)."""
+    superni_val_per_task: int = 5
+    """Validation instances per Super-NI task (from the other half)."""
+    superni_train_per_task: int = 25
+    """Training instances per Super-NI task (from the other half)."""
+
+
 def make_splits(
     *,
     superni_data: str | Path,
     lmentry_data: str | Path,
-    lmentry_eval_per_task: int = 12,
-    lmentry_val_per_task: int = 2,
-    lmentry_train_per_task: int = 8,
-    superni_eval_per_task: int = 25,
-    superni_val_per_task: int = 5,
-    superni_train_per_task: int = 25,
+    sizes: SplitSizes | None = None,
     lmentry_tasks: list[str] | None = None,
     seed: int = 0,
 ) -> dict[str, list[Record]]:
@@ -90,34 +104,35 @@ def make_splits(
     from evaluation import lmentry, superni
     from evaluation.lmentry_scorers import CORE_TASKS
 
+    n = sizes or SplitSizes()
     rng = random.Random(seed)
     splits: dict[str, list[Record]] = {"train": [], "val": [], "heldout": []}
     tasks = lmentry.load_tasks(lmentry_data)
     for t in lmentry_tasks or CORE_TASKS:
-        heldout = lmentry.select_examples(tasks[t], lmentry_eval_per_task)
+        heldout = lmentry.select_examples(tasks[t], n.lmentry_eval_per_task)
         used = {eid for eid, _ in heldout}
         rest = [(eid, ex) for eid, ex in tasks[t]["examples"].items() if eid not in used]
         rng.shuffle(rest)
-        need = lmentry_val_per_task + lmentry_train_per_task
+        need = n.lmentry_val_per_task + n.lmentry_train_per_task
         if len(rest) < need:
             raise TunaError(f"LMentry task {t} has {len(rest)} examples outside its evaluation slice, {need} needed",
                             path=lmentry_data, field="lmentry_train_per_task")
         splits["heldout"] += lmentry_records(t, heldout)
-        splits["val"] += lmentry_records(t, rest[:lmentry_val_per_task])
-        splits["train"] += lmentry_records(t, rest[lmentry_val_per_task:need])
+        splits["val"] += lmentry_records(t, rest[:n.lmentry_val_per_task])
+        splits["train"] += lmentry_records(t, rest[n.lmentry_val_per_task:need])
     rows = superni.load_instances(superni_data)
     by_task: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_task.setdefault(r["task"], []).append(r)
     for t, items in by_task.items():
         held_half, train_half = items[0::2], items[1::2]
-        need = superni_val_per_task + superni_train_per_task
-        if len(held_half) < superni_eval_per_task or len(train_half) < need:
+        need = n.superni_val_per_task + n.superni_train_per_task
+        if len(held_half) < n.superni_eval_per_task or len(train_half) < need:
             raise TunaError(f"Super-NI task {t} has {len(items)} instances: too few for the requested split",
                             path=superni_data, field="superni_train_per_task")
-        splits["heldout"] += superni_records(held_half[:superni_eval_per_task])
-        splits["val"] += superni_records(train_half[:superni_val_per_task])
-        splits["train"] += superni_records(train_half[superni_val_per_task:need])
+        splits["heldout"] += superni_records(held_half[:n.superni_eval_per_task])
+        splits["val"] += superni_records(train_half[:n.superni_val_per_task])
+        splits["train"] += superni_records(train_half[n.superni_val_per_task:need])
     ids = [{r.id for r in recs} for recs in splits.values()]
     if ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2]:  # by construction; kept as a guard for future edits
         raise TunaError("verifiable splits overlap")

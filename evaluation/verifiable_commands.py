@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import protocol
+from evaluation.verifiable import SplitSizes
 from tuna.errors import TunaError
 from tuna.hashing import file_hash
 from tuna.paths import data_file
@@ -17,12 +18,7 @@ def verifiable_data(
     out_dir: str = "runs/verifiable/data",
     superni_data: str | None = None,
     lmentry_data: str | None = None,
-    lmentry_eval_per_task: int = 12,
-    lmentry_val_per_task: int = 2,
-    lmentry_train_per_task: int = 8,
-    superni_eval_per_task: int = 25,
-    superni_val_per_task: int = 5,
-    superni_train_per_task: int = 25,
+    sizes: SplitSizes | None = None,
     seed: int = 0,
 ) -> str:
     """Disjoint train / val / held-out instruction files from LMentry and the Super-NI slice, for verifiable feedback.
@@ -31,12 +27,7 @@ def verifiable_data(
         out_dir: Writes train.jsonl, val.jsonl and heldout.jsonl here.
         superni_data: Super-NI instances with inputs (default: the shared 8-task slice).
         lmentry_data: lmentry_tasks.json.gz (default: the shared copy).
-        lmentry_eval_per_task: Held-out examples per LMentry task (the `tuna eval lmentry --limit` slice).
-        lmentry_val_per_task: Validation examples per LMentry task (outside the evaluation slice).
-        lmentry_train_per_task: Training examples per LMentry task (outside the evaluation slice).
-        superni_eval_per_task: Held-out instances per Super-NI task (from one half of its instances).
-        superni_val_per_task: Validation instances per Super-NI task (from the other half).
-        superni_train_per_task: Training instances per Super-NI task (from the other half).
+        sizes: Items per task in each split (--sizes.lmentry_eval_per_task 12 ...; see SplitSizes).
         seed: Which LMentry examples outside the evaluation slice are drawn.
     """
     from evaluation.verifiable import make_splits
@@ -44,9 +35,7 @@ def verifiable_data(
 
     splits = make_splits(superni_data=superni_data or data_file("superni/superni_test_slice.jsonl.gz", field="superni_data"),
                          lmentry_data=lmentry_data or data_file("lmentry/lmentry_tasks.json.gz", field="lmentry_data"),
-                         lmentry_eval_per_task=lmentry_eval_per_task, lmentry_val_per_task=lmentry_val_per_task,
-                         lmentry_train_per_task=lmentry_train_per_task, superni_eval_per_task=superni_eval_per_task,
-                         superni_val_per_task=superni_val_per_task, superni_train_per_task=superni_train_per_task, seed=seed)
+                         sizes=sizes, seed=seed)
     out = Path(out_dir)
     for name, recs in splits.items():
         write_records(out / f"{name}.jsonl", recs)

@@ -144,17 +144,7 @@ def parse_rank_reply(reply: str, n_items: int, *, fallback_scores: bool = False)
         reason = "no rank list" if not _KEY.search(text) else "rank key without a list of indices"
         return ParsedRank(None, reason, "", response_4)
     rank_str, nums = candidates[-1]
-    order: list[int] = []
-    for k in nums:
-        if k >= n_items:
-            notes.append(f"ignored out-of-range index {k}")
-        elif k in order:
-            notes.append(f"ignored repeated index {k}")
-        else:
-            order.append(k)
-    if not order:
-        return ParsedRank(None, "rank list has no valid index", rank_str, response_4, notes)
-    return ParsedRank(order, None, rank_str, response_4, notes)
+    return _ranked(nums, n_items, rank_str, response_4, notes)
 
 
 def parse_rank_reply_released(reply: str, n_items: int) -> ParsedRank:
@@ -173,9 +163,13 @@ def parse_rank_reply_released(reply: str, n_items: int) -> ParsedRank:
         rank_str = low.split("ranking:")[1].strip()
     else:
         return ParsedRank(None, "no rank list", "", response_4)
+    return _ranked([int(x) for x in re.findall(r"\d+", rank_str)], n_items, rank_str, response_4, [])
+
+
+def _ranked(nums: list[int], n_items: int, rank_str: str, response_4: str, notes: list[str]) -> ParsedRank:
+    """The order a parsed rank list gives: out-of-range and repeated indices are skipped, each with a note."""
     order: list[int] = []
-    notes: list[str] = []
-    for k in (int(x) for x in re.findall(r"\d+", rank_str)):
+    for k in nums:
         if k >= n_items:
             notes.append(f"ignored out-of-range index {k}")
         elif k in order:

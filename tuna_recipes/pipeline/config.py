@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from evaluation.verifiable import SplitSizes
 from tuna.config import DataConfig, ModelConfig, OptimConfig, StageConfig
 from tuna.errors import TunaError
 from tuna.feedback.config import GeneratorConfig, JudgeConfig, SamplingConfig
@@ -73,19 +74,11 @@ def embedded_stage(name: str, **sections: Any) -> StageConfig:
 
 
 @dataclass
-class VerifiableConfig:
+class VerifiableConfig(SplitSizes):
     """Verifiable feedback (evaluation.verifiable): disjoint train / validation / held-out instruction splits from
-    LMentry and the Super-NI slice; the student's samples on the train split are ranked by each item's own scorer
-    (``ranker: verifier``), and the held-out split is what `verifiable` and `pairs` evaluate."""
+    LMentry and the Super-NI slice (their sizes: SplitSizes); the student's samples on the train split are ranked by
+    each item's own scorer (``ranker: verifier``), and the held-out split is what `verifiable` and `pairs` evaluate."""
 
-    lmentry_eval_per_task: int = 12
-    """Held-out examples per LMentry task (the slice `tuna eval lmentry --limit 12` evaluates)."""
-    lmentry_val_per_task: int = 2
-    lmentry_train_per_task: int = 8
-    superni_eval_per_task: int = 25
-    """Held-out instances per Super-NI slice task (from one half of its instances; training uses the other half)."""
-    superni_val_per_task: int = 5
-    superni_train_per_task: int = 25
     split_seed: int = 0
     by: str = "task"
     """task (the benchmark's own per-item scorer) | rouge_l."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,20 +79,20 @@ class PipelineRun:
 
     def verifiable_splits(self) -> dict[str, Path]:
         """The train / val / held-out instruction files of ``verifiable`` (shared by the runs of a sweep)."""
-        from evaluation.verifiable import make_splits
+        from evaluation.verifiable import SplitSizes, make_splits
         from tuna.paths import data_file
 
         v = self.cfg.verifiable
         if v is None:
             raise TunaError("ranker verifier and the benchmarks verifiable/pairs need a `verifiable` section", field="verifiable")
-        sizes = {k: getattr(v, k) for k in ("lmentry_eval_per_task", "lmentry_val_per_task", "lmentry_train_per_task",
-                                            "superni_eval_per_task", "superni_val_per_task", "superni_train_per_task")}
+        sizes = {f.name: getattr(v, f.name) for f in fields(SplitSizes)}
         d = self.shared / f"verifiable-{config_hash([sizes, v.split_seed])}"
         paths = {name: d / f"{name}.jsonl" for name in ("train", "val", "heldout")}
 
         def make() -> None:
             splits = make_splits(superni_data=data_file("superni/superni_test_slice.jsonl.gz"),
-                                 lmentry_data=data_file("lmentry/lmentry_tasks.json.gz"), seed=v.split_seed, **sizes)
+                                 lmentry_data=data_file("lmentry/lmentry_tasks.json.gz"), sizes=SplitSizes(**sizes),
+                                 seed=v.split_seed)
             for name, recs in splits.items():
                 write_records(paths[name], recs)
 
