@@ -21,6 +21,7 @@ from tuna.attention import dense_mask, layer_windows, ranking_mask_mod
 from tuna.data import DataConfig, collate_padded, tokenize_record
 from tuna.forward import resolve_logprob_mode, response_token_logprobs
 from tuna.losses import LossConfig, tuna_loss
+from tuna.models import set_activation_checkpointing
 from tuna.packing import pack_batch, packed_response_logprobs
 
 WINDOW = 16
@@ -254,7 +255,7 @@ def test_spans_train_equal_padded_gemma3(smol_tokenizer, batch, checkpointing):
     model.train()
     ref_loss, ref_g = _loss_and_grads(model, batch, "full")
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_activation_checkpointing(model, True)
     for mode in ("packed", "prefix_shared"):
         loss, g = _loss_and_grads(model, batch, mode)
         torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=0)

@@ -214,3 +214,20 @@ def export_hf(model: Any, tokenizer: Any, out_dir: str | os.PathLike) -> Path:
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def set_activation_checkpointing(model: Any, enabled: bool) -> None:
+    """Turn activation (gradient) checkpointing on or off, non-reentrant, under either transformers API.
+
+    transformers 5.x renamed ``gradient_checkpointing_enable/disable`` to ``activation_checkpointing_*`` (the old
+    names warn); 4.x has only the old ones."""
+    new = hasattr(model, "activation_checkpointing_enable")
+    if enabled:
+        if new:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif new:
+        model.activation_checkpointing_disable()
+    elif hasattr(model, "gradient_checkpointing_disable"):
+        model.gradient_checkpointing_disable()

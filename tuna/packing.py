@@ -293,7 +293,9 @@ def packed_response_logprobs(
         else:
             plan = FlexPlan(segment, branch, pos, compiled=device.type == "cuda" if compile is None else compile)
             impl, extra = FLEX_ATTENTION, {"tuna_flex": plan}
-        if getattr(lm, "is_gradient_checkpointing", False):
+        # transformers >= 5.x names it is_activation_checkpointing (the old name warns); 4.x has only the old name
+        checkpointing = "is_activation_checkpointing" if hasattr(type(lm), "is_activation_checkpointing") else "is_gradient_checkpointing"
+        if getattr(lm, checkpointing, False):
             _install_switch_hooks(lm)
         cfgs = _configs(lm)
         saved = [c._attn_implementation_internal for c in cfgs]

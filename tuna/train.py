@@ -86,6 +86,7 @@ def run_training(stage: str, cfg: TrainConfig, *, callbacks: list[Any] | None = 
     for message in (
         r".*isinstance\(treespec, LeafSpec\).*",  # torch deprecation inside Lightning's own code
         r"Total length of .* across ranks is zero",  # no validation file: nothing to validate, as asked
+        r"`is_gradient_checkpointing` is deprecated",  # peft (LoRA) reads transformers' old name; tuna uses the new one
     ):
         warnings.filterwarnings("ignore", message=message)
     if cfg.trainer.num_threads:
@@ -222,7 +223,7 @@ def oom_advice(cfg: TrainConfig, e: BaseException, *, step: int, ckpt_dir: Path)
 
 def export_stage_model(trainer: Any, module: Any, tokenizer: Any, out_dir: Path, strategy: str) -> Path:
     """Gather the full weights (FSDP: full state dict on rank 0) and ``save_pretrained`` them."""
-    from tuna.models import export_hf
+    from tuna.models import export_hf, set_activation_checkpointing
 
     if strategy == "fsdp":
         from torch.distributed.fsdp import FullStateDictConfig, StateDictType
@@ -239,8 +240,8 @@ def export_stage_model(trainer: Any, module: Any, tokenizer: Any, out_dir: Path,
             export_hf(plain, tokenizer, out_dir)
     elif trainer.is_global_zero:
         model = module.model
-        if module.model_cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
-            model.gradient_checkpointing_disable()
+        if module.model_cfg.gradient_checkpointing:
+            set_activation_checkpointing(model, False)
         model.config.use_cache = True
         export_hf(model, tokenizer, out_dir)
     trainer.strategy.barrier()

@@ -14,6 +14,7 @@ from tuna.errors import TunaError
 from tuna.forward import response_token_logprobs
 from tuna.losses import LossConfig, LossOutput, mle_settings, objective_loss
 from tuna.metrics import ObjectiveMetrics, counted_pairs
+from tuna.models import set_activation_checkpointing
 
 
 class TunaModule(L.LightningModule):
@@ -63,7 +64,7 @@ class TunaModule(L.LightningModule):
 
     def _prepare_model(self) -> None:
         if self.model_cfg.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            set_activation_checkpointing(self.model, True)
             self.model.config.use_cache = False
         if self.model_cfg.lora is not None:
             from peft import LoraConfig as PeftLora
