@@ -89,6 +89,9 @@ class LlamaCppServer:
             import llama_cpp.server  # noqa: F401
         except ImportError:
             raise TunaError("the llama.cpp server needs llama-cpp-python[server]: pip install 'llama-cpp-python[server]'") from None
+        from tuna.feedback.llamacpp_build import ensure_runnable
+
+        ensure_runnable()  # a build this CPU cannot run is an error here, not a server that dies on its first request
         log = open(self.log_path, "wb")
         # A new session so that the server never receives the terminal's Ctrl-C before we stop it ourselves.
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
