@@ -100,9 +100,11 @@ def label(benchmark: str, fields: dict[str, Any], drop: tuple[str, ...] = ()) ->
         else:
             parts.append(f"slice {fields.get('limit')}/task, approx." if fields.get("limit") else "partial, approx.")
     elif benchmark == "verifiable":
-        parts.append(f"held-out {fields.get('items')} items, {fields.get('by')} verifier, {fields.get('max_new_tokens')} new tok.")
+        where = "validation" if fields.get("split") == "val" else "held-out"
+        parts.append(f"{where} {fields.get('items')} items, {fields.get('by')} verifier, {fields.get('max_new_tokens')} new tok.")
     elif benchmark == "pairs":
-        parts.append(f"held-out {fields.get('sets')} ranked sets")
+        where = "validation" if fields.get("split") == "val" else "held-out"
+        parts.append(f"{where} {fields.get('sets')} ranked sets")
     elif benchmark == "vicuna":
         n = fields.get("questions")
         parts.append(f"{n} q." if n == 80 else f"slice {n} q.")

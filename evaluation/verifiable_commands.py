@@ -43,7 +43,8 @@ def verifiable_data(
     return str(out)
 
 
-def rank(input: str, out: str, by: str = "task", limit: int | None = None, offset: int = 0) -> str:
+def rank(input: str, out: str, by: str = "task", limit: int | None = None, offset: int = 0, flip: float = 0.0,
+         seed: int = 0) -> str:
     """Rank candidate sets by a verifier (ranked sets with ranking.by = verifier); resumable.
 
     Args:
@@ -52,8 +53,11 @@ def rank(input: str, out: str, by: str = "task", limit: int | None = None, offse
         by: task (the benchmark's own per-item scorer) | rouge_l (ROUGE-L F against the references or the gold response).
         limit: Use at most this many records.
         offset: Skip this many records first.
+        flip: Degrade the verifier on purpose: any two candidates it orders swap with this probability (0 to 0.5;
+            0.5 is a random ranking; evaluation.verifiable.degrade_scores).
+        seed: Seeds the degradation (with each record's id).
     """
-    from evaluation.verifiable import VERIFIERS, count_pairs, rank_by_verifier
+    from evaluation.verifiable import VERIFIERS, count_pairs, rank_by_verifier, ranker_agreement
     from tuna.importers import load_inputs
     from tuna.records import JsonlAppender
 
@@ -64,14 +68,20 @@ def rank(input: str, out: str, by: str = "task", limit: int | None = None, offse
     ordered = tied = 0
     with JsonlAppender(out) as app:
         todo = [r for r in records if r.id not in app.done_ids]
+        ranked_now = []
         for r in todo:
-            ranked = rank_by_verifier(r, by)  # type: ignore[arg-type]
+            ranked = rank_by_verifier(r, by, flip=flip, seed=seed)  # type: ignore[arg-type]
             o, t = count_pairs([c.score or 0.0 for c in ranked.candidates])
             ordered, tied = ordered + o, tied + t
             app.write(ranked)
+            ranked_now.append(ranked)
     share = f"{100 * tied / (ordered + tied):.1f} %" if ordered + tied else "-"
-    print(f"rank ({by}): {len(todo)} ranked ({len(records) - len(todo)} already done), {ordered} ordered and {tied} tied "
-          f"candidate pairs ({share} tied) in {time.monotonic() - t0:.1f} s -> {out}")
+    agreement = ""
+    if flip:
+        a = ranker_agreement(ranked_now)
+        agreement = f", agreement with the verifier {a['agree']}/{a['pairs']} pairs" if a["pairs"] else ""
+    print(f"rank ({by}{f', flip {flip:g}' if flip else ''}): {len(todo)} ranked ({len(records) - len(todo)} already done), "
+          f"{ordered} ordered and {tied} tied candidate pairs ({share} tied){agreement} in {time.monotonic() - t0:.1f} s -> {out}")
     return out
 
 
@@ -89,6 +99,7 @@ def eval_verifiable(
     base_url: str | None = None,
     out_root: str = "runs/eval",
     tags: dict[str, Any] | None = None,
+    split: str | None = None,
 ) -> str:
     """Greedy answers on a verifiable split (e.g. heldout.jsonl), scored by each item's own verifier.
 
@@ -106,6 +117,7 @@ def eval_verifiable(
         base_url: OpenAI-compatible server (backend openai).
         out_root: Where runs go.
         tags: Free labels stored in results.json.
+        split: The split's name (heldout | val), recorded in the protocol and the column label.
     """
     from evaluation.predictions import Timer, generate_cached, generation_settings, render, start_run, write_results
     from evaluation.verifiable import item_scores, summarise_items
@@ -124,7 +136,7 @@ def eval_verifiable(
     atomic_write_text(d / "scores.jsonl", "".join(json.dumps(x) + "\n" for x in rows))
     metrics = summarise_items(rows)
     fields = {"items": len(records), "data": settings["data_hash"], "by": by, "max_new_tokens": max_new_tokens,
-              "decoding": "greedy", **protocol.template_fields(template, model)[0]}
+              "decoding": "greedy", **protocol.template_fields(template, model)[0], **({"split": split} if split else {})}
     path = write_results(d, benchmark="verifiable", model=model, settings=settings, metrics=metrics, wall_time_s=timer(), tags=tags,
                          extra={"protocol": protocol.make("verifiable", fields),
                                 "item_scores": {"file": "scores.jsonl", "unit": "item", "id": "id", "values": ["score"]}})
@@ -145,6 +157,7 @@ def eval_pairs(
     logprob_mode: str = "chunked",
     out_root: str = "runs/eval",
     tags: dict[str, Any] | None = None,
+    split: str | None = None,
 ) -> str:
     """Held-out pair accuracy: the share of a ranked set's untied candidate pairs whose order by the model's
     length-normalised log-likelihood matches the ranking (the most direct measure that a ranking was learned).
@@ -161,6 +174,7 @@ def eval_pairs(
         logprob_mode: chunked | full | packed | prefix_shared (all give the same scores; tested).
         out_root: Where runs go.
         tags: Free labels stored in results.json.
+        split: The split's name (heldout | val), recorded in the protocol and the column label.
     """
     from evaluation.predictions import Timer, start_run, write_results
     from evaluation.verifiable import model_pair_outcomes, summarise_pairs
@@ -183,7 +197,7 @@ def eval_pairs(
     atomic_write_text(d / "scores.jsonl", "".join(json.dumps(x) + "\n" for x in rows))
     metrics = summarise_pairs(rows)
     fields = {"sets": len(records), "data": settings["data_hash"], "max_length": max_length,
-              **protocol.template_fields(template, model)[0]}
+              **protocol.template_fields(template, model)[0], **({"split": split} if split else {})}
     path = write_results(d, benchmark="pairs", model=model, settings=settings, metrics=metrics, wall_time_s=timer(), tags=tags,
                          extra={"protocol": protocol.make("pairs", fields),
                                 "item_scores": {"file": "scores.jsonl", "unit": "ranked set", "id": "id", "values": ["right", "pairs"]}})
@@ -192,4 +206,28 @@ def eval_pairs(
     return str(path)
 
 
-COMMANDS = {"verifiable-data": verifiable_data, "rank": rank, "eval": {"verifiable": eval_verifiable, "pairs": eval_pairs}}
+def evidence_export(runs: str = "runs/verifiable", out: str = "results/verifiable", by: str = "task") -> str:
+    """Keep what every number of a verifiable sweep needs, small enough to commit: per run and split the items'
+    scores, predictions and pair outcomes (gzipped JSONL), the items' metadata, runs.json (arms, seeds, chosen
+    learning rates, wall times, versions, the ranker's measured agreement) and the constant-answer control. Then
+    `tuna report --evidence <out>` rebuilds every table from these files alone.
+
+    Args:
+        runs: The sweep's run folder (holds sweep.json).
+        out: Where items/, runs.json, selection.json and constant.json go.
+        by: The verifier the constant-answer control is scored with (task | rouge_l).
+    """
+    from evaluation.evidence import export_constant, export_sweep
+
+    data = export_sweep(runs, out)
+    splits = sorted(Path(runs, "shared").glob("verifiable-*/train.jsonl"))
+    if len(splits) != 1:
+        raise TunaError(f"expected one verifiable split folder under {runs}/shared, found {len(splits)}", path=runs)
+    export_constant(splits[0].parent, out, by=by)
+    n_items = sum(s["items"] for r in data["runs"] for s in r["splits"].values())
+    print(f"evidence: {len(data['runs'])} runs, {n_items} item rows -> {out}/items, {out}/runs.json")
+    return out
+
+
+COMMANDS = {"verifiable-data": verifiable_data, "rank": rank, "evidence-export": evidence_export,
+            "eval": {"verifiable": eval_verifiable, "pairs": eval_pairs}}

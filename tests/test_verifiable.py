@@ -24,28 +24,164 @@ def splits(shared_data):
                        lmentry_data=shared_data / "lmentry/lmentry_tasks.json.gz", seed=0)
 
 
-def test_splits_are_disjoint_and_sized(splits, shared_data):
-    from evaluation import lmentry
+def test_splits_are_sized_and_never_leak(splits):
+    """No record, prompt text or LMentry question in two splits; nothing of an unseen task or a held-out template in
+    training; the sizes SplitSizes asks for."""
+    from collections import Counter
 
-    ids = {k: [r.id for r in v] for k, v in splits.items()}
-    assert {k: len(v) for k, v in ids.items()} == {"train": 25 * 8 + 8 * 25, "val": 25 * 2 + 8 * 5, "heldout": 25 * 12 + 8 * 25}
-    for k, v in ids.items():
-        assert len(set(v)) == len(v), k
-    assert not set(ids["train"]) & set(ids["heldout"]) and not set(ids["val"]) & set(ids["heldout"])
-    assert not set(ids["train"]) & set(ids["val"])
-    # the LMentry held-out part is exactly the slice `tuna eval lmentry --limit 12` evaluates
+    from evaluation.verifiable import SplitSizes, check_splits
+
+    n = SplitSizes()
+    sizes = {k: len(v) for k, v in splits.items()}
+    lm_seen, sni_seen = 25 - n.lmentry_unseen_tasks, 8 - n.superni_unseen_tasks
+    assert sizes == {"train": lm_seen * n.lmentry_train_questions + sni_seen * n.superni_train_per_task,
+                     "val": 25 * 3 * n.lmentry_val_questions + 8 * n.superni_val_per_task,
+                     "heldout": 25 * 3 * n.lmentry_heldout_questions + 8 * n.superni_heldout_per_task}
+    check_splits(splits)  # the guard itself, then the same properties counted here
+    where: dict[str, set[str]] = {}
+    for split, recs in splits.items():
+        for r in recs:
+            v = r.provenance["verifier"]
+            key = f"{v['task']}|{v['question']}" if v["benchmark"] == "lmentry" else r.id
+            where.setdefault(key, set()).add(split)
+            where.setdefault("text|" + r.instruction, set()).add(split)
+    crossing = [k for k, s in where.items() if len(s) > 1]
+    assert not crossing, crossing[:3]
+    assert sum(1 for k in where if not k.startswith("text|")) == (
+        25 * (n.lmentry_heldout_questions + n.lmentry_val_questions) + lm_seen * n.lmentry_train_questions
+        + 8 * (n.superni_heldout_per_task + n.superni_val_per_task) + sni_seen * n.superni_train_per_task)
+    train = [r.provenance["verifier"] for r in splits["train"]]
+    assert all(v["task_seen"] and v.get("template_seen", True) for v in train)
+    unseen = {(v["benchmark"], v["task"]) for r in splits["heldout"] for v in [r.provenance["verifier"]] if not v["task_seen"]}
+    assert Counter(b for b, _ in unseen) == {"lmentry": n.lmentry_unseen_tasks, "superni": n.superni_unseen_tasks}
+    # one unseen Super-NI task from each metric family (generation, classification)
+    assert sorted(r.provenance["verifier"]["family"] for r in splits["heldout"]
+                  if r.id.startswith("superni/") and not r.provenance["verifier"]["task_seen"])[::n.superni_heldout_per_task] == [
+        "classification", "generation"]
+    # every held-out LMentry question is asked in all its templates; each seen task holds one template out of training
+    held_templates = Counter((v["task"], v["template_seen"]) for r in splits["heldout"] for v in [r.provenance["verifier"]]
+                             if v["benchmark"] == "lmentry" and v["task_seen"])
+    assert all(held_templates[(t, False)] == n.lmentry_heldout_questions for t, _ in held_templates)
+
+
+def test_splits_keep_each_tasks_label_distribution(splits, shared_data):
+    """Within every task, each split holds the labels in the proportions of the task's whole population (counted in
+    units that are dealt: LMentry questions, Super-NI instances): at most 2 off per label (largest remainder, dealt
+    split after split). The old even/odd split put one label in held-out and the other in training."""
+    from collections import Counter
+
+    from evaluation import lmentry, superni
+    from evaluation.verifiable import MAX_LABELS, lmentry_label, lmentry_question_key, normalise_label
+
+    population: dict[str, Counter] = {}
+    for r in superni.load_instances(shared_data / "superni/superni_test_slice.jsonl.gz"):
+        population.setdefault(r["task"], Counter())[normalise_label(r["references"][0])] += 1
     tasks = lmentry.load_tasks(shared_data / "lmentry/lmentry_tasks.json.gz")
+    for t in {r.provenance["verifier"]["task"] for r in splits["heldout"] if r.id.startswith("lmentry/")}:
+        qs = {lmentry_question_key(ex["metadata"]): lmentry_label(t, ex["metadata"]) for ex in tasks[t]["examples"].values()}
+        population[t] = Counter(qs.values())
+
+    def units(recs, task):
+        seen, out = set(), Counter()
+        for r in recs:
+            v = r.provenance["verifier"]
+            if v["task"] != task:
+                continue
+            key = v.get("question", r.id)
+            if key not in seen:
+                seen.add(key)
+                out[v.get("label") if v["benchmark"] == "lmentry" else normalise_label(r.gold)] += 1
+        return out
+
     checked = 0
-    for t in ("first_letter", "bigger_number", "sentence_containing"):
-        want = {f"lmentry/{t}/{eid}" for eid, _ in lmentry.select_examples(tasks[t], 12)}
-        got = {i for i in ids["heldout"] if i.startswith(f"lmentry/{t}/")}
-        assert got == want
+    for task, pop in sorted(population.items()):
+        if len(pop) > MAX_LABELS or set(pop) == {None}:
+            continue  # free-text answers: nothing to stratify
+        total_pop = sum(pop.values())
+        for split, recs in splits.items():
+            c = units(recs, task)
+            size = sum(c.values())
+            for lab, k in pop.items():
+                assert abs(c[lab] - k / total_pop * size) <= 2.0, (task, split, lab, c, pop)
         checked += 1
-    assert checked == 3
-    # Super-NI: no instance of the held-out half is ever trained on (halves by position in each task)
-    sni_train = {i for i in ids["train"] + ids["val"] if i.startswith("superni/")}
-    sni_held = {i for i in ids["heldout"] if i.startswith("superni/")}
-    assert len(sni_train) == 8 * 30 and len(sni_held) == 8 * 25 and not sni_train & sni_held
+    assert checked >= 15  # 5 Super-NI classification tasks, LMentry's yes/no and answer-position tasks
+    # the four tasks whose labels alternate in file order are balanced in held-out now
+    for t in ("task1391", "task827", "task879", "task020"):
+        c = Counter(normalise_label(r.gold) for r in splits["heldout"] if r.provenance["verifier"]["task"].startswith(t))
+        assert len(c) == 2 and max(c.values()) - min(c.values()) <= 1, (t, c)
+
+
+def test_splits_depend_on_the_seed_only(shared_data):
+    from evaluation.verifiable import make_splits
+
+    kw = dict(superni_data=shared_data / "superni/superni_test_slice.jsonl.gz", lmentry_data=shared_data / "lmentry/lmentry_tasks.json.gz")
+    a, b, c = make_splits(seed=0, **kw), make_splits(seed=0, **kw), make_splits(seed=1, **kw)
+    ids = {k: [r.id for r in v] for k, v in a.items()}
+    assert ids == {k: [r.id for r in v] for k, v in b.items()}
+    assert ids["heldout"] != [r.id for r in c["heldout"]]
+
+
+def test_degraded_ranker_flips_pairs_at_the_asked_rate():
+    """Each pair the verifier orders swaps with probability flip (measured over 20,000 seeded sets, within 4 standard
+    errors); ties stay ties; 0.5 is a random ranking; the result is always a ranking."""
+    import random
+
+    from evaluation.verifiable import degrade_scores
+
+    rng = random.Random(0)
+    sets = [[1.0, 0.0, 0.0, 0.0], [0.9, 0.5, 0.5, 0.1], [1.0, 1.0, 0.0, 0.0], [0.3, 0.2, 0.1, 0.0]]
+    checked = 0
+    for flip in (0.0, 0.2, 0.35, 0.5):
+        flipped = pairs = 0
+        for k in range(20000):
+            s = sets[k % len(sets)]
+            new, _ = degrade_scores(s, flip, rng)
+            assert set(new) == set(s)  # the same levels, permuted
+            for i in range(4):
+                for j in range(i + 1, 4):
+                    if s[i] == s[j]:
+                        assert new[i] == new[j]
+                        continue
+                    pairs += 1
+                    flipped += int((new[i] - new[j]) * (s[i] - s[j]) < 0)
+        rate = flipped / pairs
+        se = (flip * (1 - flip) / pairs) ** 0.5 * 3  # pairs within a set are correlated: a generous standard error
+        assert abs(rate - flip) <= 4 * se + 1e-12, (flip, rate)
+        checked += 1
+    assert checked == 4
+    with pytest.raises(Exception, match="flip"):
+        degrade_scores([1.0, 0.0], 0.6, rng)
+
+
+def test_rank_with_flip_records_the_truth_and_agreement(splits):
+    from evaluation.verifiable import rank_by_verifier, ranker_agreement
+
+    recs = []
+    for r in [x for x in splits["train"] if x.id.startswith("lmentry/first_letter/")][:6]:
+        w = r.provenance["verifier"]["example"]["metadata"]["word"]
+        recs.append(r.model_copy(update={"candidates": [Candidate(text=w[0]), Candidate(text="x"), Candidate(text="y")]}))
+    clean = [rank_by_verifier(r) for r in recs]
+    noisy = [rank_by_verifier(r, flip=0.5, seed=3) for r in recs]
+    assert noisy == [rank_by_verifier(r, flip=0.5, seed=3) for r in recs]  # seeded by (seed, record id)
+    assert ranker_agreement(clean) == {"pairs": 12, "agree": 12, "accuracy": 1.0}
+    a = ranker_agreement(noisy)
+    assert a["pairs"] == 12
+    flipped = sum(1 for r in noisy if r.ranking.details["verifier_scores"][0] != 1.0)
+    assert a["agree"] == 12 - 2 * flipped and noisy[0].ranking.method == "task+flip0.5"
+
+
+def test_constant_answers_and_degeneration(splits):
+    from evaluation.verifiable import constant_answers, degeneration
+
+    const = constant_answers(splits["train"])
+    assert const["task827_copa_commonsense_reasoning"] in ("1", "2")
+    assert const["all_words_from_category"] in ("yes", "no")
+    assert "sentence_containing" not in const  # free sentences: no label
+    unseen = {r.provenance["verifier"]["task"] for r in splits["heldout"] if not r.provenance["verifier"]["task_seen"]}
+    assert not unseen & set(const)
+    d = degeneration([{"task": "a", "prediction": "Yes."}, {"task": "a", "prediction": "yes"}, {"task": "b", "prediction": ""},
+                      {"task": "b", "prediction": "No way"}])
+    assert d == {"n": 4, "distinct_share": 0.75, "task_mode_share": 0.75, "empty_share": 0.25, "mean_words": 1.0}
 
 
 def test_task_verifier_uses_the_benchmarks_own_scorers(splits):
@@ -129,10 +265,11 @@ def test_rank_command_resumes(splits, tmp_path):
     assert all(r["candidates"][0]["score"] == 1.0 and r["ranking"]["by"] == "verifier" for r in rows)
 
 
-def test_verifiable_sweep_arms_end_to_end(shared_data, tmp_path):
-    """`tuna sweep` with named arms on verifiable feedback (tiny model): the splits, the student's samples and their
-    verifier ranking are made once and shared by the arms; each arm trains its variant; the report compares every
-    row with the untrained student on the held-out task score and pair accuracy, with paired intervals."""
+def test_verifiable_sweep_seeds_and_selection_end_to_end(shared_data, tmp_path):
+    """`tuna sweep` with named arms, seeds and a learning rate chosen on the validation split (tiny model): the splits
+    and the evaluation pair sets are made once; each seed samples its own training sets, shared by the arms; the search
+    runs evaluate validation only; the chosen value's seed-0 run is the search's own run (training not repeated), which
+    then adds the held-out evaluation; the report compares every row with the untrained student."""
     import subprocess
     import sys
 
@@ -140,9 +277,10 @@ def test_verifiable_sweep_arms_end_to_end(shared_data, tmp_path):
     from test_pipeline import REPO, tiny_pipeline
 
     base = tiny_pipeline(tmp_path, ranker="verifier", variants=["tuna_c"], evaluate=["tuna_c"])
-    base["verifiable"] = {"lmentry_eval_per_task": 3, "lmentry_val_per_task": 1, "lmentry_train_per_task": 1,
-                          "superni_eval_per_task": 2, "superni_val_per_task": 1, "superni_train_per_task": 1,
-                          "pairs_limit": 6, "max_new_tokens": 4}
+    base["verifiable"] = {"lmentry_heldout_questions": 1, "lmentry_val_questions": 1, "lmentry_train_questions": 1,
+                          "lmentry_unseen_tasks": 1, "superni_heldout_per_task": 2, "superni_val_per_task": 1,
+                          "superni_train_per_task": 1, "superni_unseen_tasks": 2, "max_new_tokens": 4,
+                          "eval_splits": ["val", "heldout"]}
     base["context_instructions"] = {"offset": 0, "limit": 6}
     base["context_rank"] = {"trainer": {"accelerator": "cpu", "precision": "32-true", "max_steps": 2}, "optim": {"lr": 1e-3},
                             "loss": {"ties": "skip"}, "data": {"regularizer": "none", "max_length": 256}}
@@ -151,7 +289,8 @@ def test_verifiable_sweep_arms_end_to_end(shared_data, tmp_path):
     base["evaluation"] = {"benchmarks": ["verifiable", "pairs"], "template": "raw", "batch_size": 16}
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     sweep = {"base": str(tmp_path / "base.yaml"), "name": "v", "run_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "res"),
-             "grid": {}, "baseline": "student [untrained]",
+             "grid": {}, "baseline": "student [untrained/s0]", "seeds": [0, 1], "arm_seeds": {"untrained": [0]},
+             "select": {"values": [1.0e-3, 3.0e-3], "keys": {"untrained": None, "best_of_n": None}},
              "arms": {"untrained": {"variants": [], "evaluate": ["student"]},
                       "best_of_n": {"variants": ["best_of_n"], "evaluate": ["best_of_n"]},
                       "rank_only": {"context_rank.loss.mle_weight": 0.0}}}
@@ -160,20 +299,33 @@ def test_verifiable_sweep_arms_end_to_end(shared_data, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tuna_recipes", "sweep", "--config", str(tmp_path / "sweep.yaml")],
                           capture_output=True, text=True, timeout=1500, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    steps = {arm: json.loads((tmp_path / "runs" / arm / "manifest.json").read_text())["steps"] for arm in sweep["arms"]}
-    assert steps["best_of_n"]["sample_tuna_c"]["wall_s"] > 0 and steps["best_of_n"]["best_of_n"]["status"] == "done"
-    assert steps["rank_only"]["sample_tuna_c"].get("shared") and steps["rank_only"]["rank_tuna_c"].get("shared")
-    assert steps["rank_only"]["tuna_c"]["status"] == "done"
-    ranked = next((tmp_path / "runs/shared").glob("context-*/ranked-*.jsonl")).read_text().splitlines()
+    info = json.loads((tmp_path / "runs/sweep.json").read_text())
+    chosen = json.loads((tmp_path / "runs/selection.json").read_text())["rank_only"]
+    assert set(chosen["scores"]) == {"1e-3", "3e-3"} and chosen["value"] in (1e-3, 3e-3)
+    lr = "1e-3" if chosen["value"] == 1e-3 else "3e-3"
+    labels = {r["label"] for r in info["runs"]}
+    assert labels == {"untrained/s0", "best_of_n/s0", "best_of_n/s1", "rank_only/lr=1e-3/s0", "rank_only/lr=3e-3/s0",
+                      f"rank_only/lr={lr}/s1"}
+    # the search evaluated validation only, the final runs both splits; the chosen seed-0 run trained once
+    other = "3e-3" if lr == "1e-3" else "1e-3"
+    steps = {lab: json.loads((tmp_path / "runs" / lab / "manifest.json").read_text())["steps"] for lab in labels}
+    assert not any("@heldout" in k for k in steps[f"rank_only/lr={other}/s0"])
+    final = steps[f"rank_only/lr={lr}/s0"]
+    assert final["eval_tuna_c_verifiable@heldout"]["status"] == "done" and final["eval_tuna_c_pairs@val"]["status"] == "done"
+    assert proc.stdout.count("##### sweep run") == 5 and proc.stdout.count("selection on val") == 2
+    # rank_only trained 3 times (2 searched rates, then seed 1 at the chosen one): its seed-0 run reused the search's
+    assert proc.stdout.count("=== tuna_c ===") == 3 and proc.stdout.count("=== best_of_n ===") == 2
+    assert proc.stdout.count("=== eval_tuna_c_verifiable@heldout ===") == 2
+    # each seed samples its own training sets; the evaluation pair sets are one draw for all
+    ctx = sorted((tmp_path / "runs/shared").glob("context-*"))
+    assert len(ctx) == 2
+    assert len(list((tmp_path / "runs/shared").glob("pairs-*"))) == 2  # val and held-out
+    ranked = next(ctx[0].glob("ranked-*.jsonl")).read_text().splitlines()
     assert len(ranked) == 6 and all(json.loads(x)["ranking"]["by"] == "verifier" for x in ranked)
     main = (tmp_path / "res/main.md").read_text()
-    for row in ("student [untrained]", "best_of_n [best_of_n]", "tuna_c [rank_only]"):
+    for row in ("student [untrained/s0]", "best_of_n [best_of_n/s1]", f"tuna_c [rank_only/lr={lr}/s1]"):
         assert row in main, main
-    assert "Held-out score" in main and "Held-out pair acc." in main and "Held-out LMentry acc." in main
-    heldout = [json.loads(x) for x in next((tmp_path / "runs/shared").glob("verifiable-*/heldout.jsonl")).read_text().splitlines()]
-    assert len(heldout) == 25 * 3 + 8 * 2
-    # the differences table: every non-baseline row against the untrained student, over the same items
-    assert main.count("| tuna_c [rank_only]") == 2 and main.count("| best_of_n [best_of_n]") == 2
+    assert "validation" in main and "held-out" in main
 
 
 def test_skip_all_tied_drops_sets_without_a_ranking(smol_tokenizer, vicuna_ranked, tmp_path):

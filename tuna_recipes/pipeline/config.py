@@ -75,17 +75,22 @@ def embedded_stage(name: str, **sections: Any) -> StageConfig:
 
 @dataclass
 class VerifiableConfig(SplitSizes):
-    """Verifiable feedback (evaluation.verifiable): disjoint train / validation / held-out instruction splits from
-    LMentry and the Super-NI slice (their sizes: SplitSizes); the student's samples on the train split are ranked by
-    each item's own scorer (``ranker: verifier``), and the held-out split is what `verifiable` and `pairs` evaluate."""
+    """Verifiable feedback (evaluation.verifiable): train / validation / held-out instruction splits from LMentry and
+    the Super-NI slice that cannot leak or flip labels (their sizes: SplitSizes); the student's samples on the train
+    split are ranked by each item's own scorer (``ranker: verifier``), and the splits in ``eval_splits`` are what the
+    benchmarks `verifiable` and `pairs` evaluate."""
 
     split_seed: int = 0
     by: str = "task"
     """task (the benchmark's own per-item scorer) | rouge_l."""
-    eval_split: str = "heldout"
-    """heldout | val: what `verifiable` and `pairs` evaluate (choose settings on val, report on heldout)."""
-    pairs_limit: int | None = 200
-    """Held-out instructions whose student samples, ranked by the verifier, measure pair accuracy (None: all)."""
+    eval_splits: list[str] = field(default_factory=lambda: ["heldout"])
+    """heldout | val, each evaluated by `verifiable` and `pairs` (choose settings on val, report on heldout)."""
+    pairs_seed: int = 0
+    """Seeds the starting student's samples of the evaluated splits, which the verifier ranks for pair accuracy: one
+    draw, the same for every run and training seed, so that pair accuracies are paired across runs."""
+    flip: float = 0.0
+    """Degrade the training ranker on purpose: any two candidates the verifier orders swap with this probability (0 to
+    0.5; 0.5 is a random ranking; evaluation.verifiable.degrade_scores). Never applied to the evaluation pairs."""
     max_new_tokens: int = 48
     """Answer length of the held-out evaluation."""
 

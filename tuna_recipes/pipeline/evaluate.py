@@ -40,9 +40,9 @@ def run_device(ecfg: Any, trainers: list[Any]) -> str:
 
 
 def evaluate_model(bench: str, model: str, label: str, out: Path, ecfg: Any, judge: Any, *, run_name: str,
-                   device: str = "auto", data: str | None = None, verifiable: Any = None) -> dict[str, Any]:
+                   device: str = "auto", data: str | None = None, verifiable: Any = None, split: str | None = None) -> dict[str, Any]:
     """Run one benchmark on one model on ``device``; copies its results.json to ``out`` (the step's marker).
-    ``data``: the held-out file of the verifiable and pairs benchmarks (the pipeline makes it)."""
+    ``data``: the split file of the verifiable and pairs benchmarks (the pipeline makes it), ``split`` its name."""
     from evaluation import commands as ev
 
     out_root = str(out.parent.parent / "runs")
@@ -70,13 +70,14 @@ def evaluate_model(bench: str, model: str, label: str, out: Path, ecfg: Any, jud
     elif bench == "verifiable":
         from evaluation.verifiable_commands import eval_verifiable
 
-        path = eval_verifiable(model=model, data=str(data), by=verifiable.by, max_new_tokens=verifiable.max_new_tokens, **common)
+        path = eval_verifiable(model=model, data=str(data), by=verifiable.by, max_new_tokens=verifiable.max_new_tokens, split=split,
+                               **common)
     elif bench == "pairs":
         from evaluation.verifiable_commands import eval_pairs
 
         # prefix-shared: each set's prompt once (the same scores as the padded layout, tested), 8 sets per forward
         path = eval_pairs(model=model, data=str(data), template=ecfg.template, device=device, out_root=out_root, tags=tags,
-                          logprob_mode="prefix_shared", batch_size=8)
+                          logprob_mode="prefix_shared", batch_size=8, split=split)
     else:
         raise TunaError(f"unknown benchmark {bench!r} (superni | lmentry | vicuna | verifiable | pairs)", field="evaluation.benchmarks")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -101,13 +101,15 @@ class PipelineRun:
         return paths
 
     def rank(self, cands: Path, ranked: Path) -> None:
-        """The contextual ranker on a candidate file: the LLM judge, or each item's verifier."""
+        """The contextual ranker on a candidate file: the LLM judge, or each item's verifier (degraded on purpose when
+        ``verifiable.flip`` is set)."""
         from tuna.feedback.judge import judge_candidates
 
         if self.cfg.ranker == "verifier":
             from evaluation.verifiable_commands import rank
 
-            rank(str(cands), str(ranked), by=self.cfg.verifiable.by)  # type: ignore[union-attr]
+            v = self.cfg.verifiable
+            rank(str(cands), str(ranked), by=v.by, flip=v.flip, seed=self.cfg.seed)  # type: ignore[union-attr]
         elif self.cfg.ranker == "judge":
             judge_candidates(load_inputs(str(cands), fmt="tuna", min_candidates=2), str(ranked),
                              replace(self.cfg.judge, seed=self.cfg.seed))
@@ -123,7 +125,7 @@ class PipelineRun:
         src = cfg.context_instructions
         if cfg.ranker == "verifier":
             src = replace(src, path=str(self.verifiable_splits()["train"]))
-        ranker = asdict(cfg.judge) if cfg.ranker == "judge" else {"verifier": asdict(cfg.verifiable)}  # type: ignore[arg-type]
+        ranker = asdict(cfg.judge) if cfg.ranker == "judge" else {"verifier": {"by": cfg.verifiable.by, "flip": cfg.verifiable.flip}}  # type: ignore[union-attr]
         key = config_hash([model_hash(generator), asdict(s), asdict(src), expand_data(src.path), cfg.seed])
         d = self.shared / f"context-{key}"
         cands, ranked = d / "candidates.jsonl", d / f"ranked-{config_hash([cfg.ranker, ranker])}.jsonl"
@@ -143,23 +145,24 @@ class PipelineRun:
                      shared_marker=ranked.with_suffix(".done"))
         return ranked
 
-    def heldout_pairs(self) -> Path:
-        """The starting student's samples on held-out instructions, ranked by the verifier: the sets pair accuracy is
-        measured on (no model trains on them)."""
+    def eval_pairs_data(self, split: str) -> Path:
+        """The starting student's samples on a split's instructions (held-out or validation), ranked by the verifier:
+        the sets pair accuracy is measured on (no model trains on them). One draw (``verifiable.pairs_seed``), shared by
+        every run and training seed."""
         from evaluation.verifiable_commands import rank
         from tuna.feedback.sampling import sample_candidates
 
         cfg, s, v = self.cfg, self.cfg.student_sampling, self.cfg.verifiable
-        split = self.verifiable_splits()[v.eval_split]  # type: ignore[union-attr]
-        src = InstructionSlice(path=str(split), offset=0, limit=v.pairs_limit)  # type: ignore[union-attr]
-        key = config_hash([model_hash(cfg.student), asdict(s), asdict(src), cfg.seed, v.by])  # type: ignore[union-attr]
+        src = InstructionSlice(path=str(self.verifiable_splits()[split]), offset=0, limit=None)
+        key = config_hash([model_hash(cfg.student), asdict(s), asdict(src), v.pairs_seed, v.by])  # type: ignore[union-attr]
         d = self.shared / f"pairs-{key}"
         cands, ranked = d / "candidates.jsonl", d / "ranked.jsonl"
         gen = GeneratorConfig(model=cfg.student, backend="hf", dtype=s.dtype, batch_size=s.batch_size)
-        self.man.run("sample_heldout", {"generator": cfg.student, "sampling": asdict(s), "slice": asdict(src)}, [cands],
-                     lambda: sample_candidates(self.instructions(src), str(cands), gen, replace(s, seed=cfg.seed + 1)) and None,
+        self.man.run(f"sample_{split}_pairs", {"generator": cfg.student, "sampling": asdict(s), "slice": asdict(src),
+                                               "seed": v.pairs_seed}, [cands],  # type: ignore[union-attr]
+                     lambda: sample_candidates(self.instructions(src), str(cands), gen, replace(s, seed=v.pairs_seed)) and None,  # type: ignore[union-attr]
                      shared_marker=cands.with_suffix(".done"))
-        self.man.run("rank_heldout", {"candidates": file_hash(cands), "by": v.by}, [ranked],  # type: ignore[union-attr]
+        self.man.run(f"rank_{split}_pairs", {"candidates": file_hash(cands), "by": v.by}, [ranked],  # type: ignore[union-attr]
                      lambda: rank(str(cands), str(ranked), by=v.by) and None, shared_marker=ranked.with_suffix(".done"))  # type: ignore[union-attr]
         return ranked
 
@@ -207,23 +210,29 @@ class PipelineRun:
     def evaluate(self, models: dict[str, str]) -> dict[str, Any]:
         cfg = self.cfg
         device = run_device(cfg.evaluation, [s.trainer for s in (cfg.sft, cfg.prob_rank, cfg.context_rank) if s is not None])
-        data: dict[str, str] = {}
-        if "verifiable" in cfg.evaluation.benchmarks:
-            data["verifiable"] = str(self.verifiable_splits()[cfg.verifiable.eval_split])  # type: ignore[union-attr]
-        if "pairs" in cfg.evaluation.benchmarks:
-            data["pairs"] = str(self.heldout_pairs())
+        # (step suffix, benchmark, split, data file): the verifiable benchmarks run once per evaluated split
+        jobs: list[tuple[str, str, str | None, str | None]] = []
+        for bench in cfg.evaluation.benchmarks:
+            if bench in ("verifiable", "pairs"):
+                if cfg.verifiable is None:
+                    raise TunaError(f"benchmark {bench} needs a `verifiable` section", field="verifiable")
+                for split in cfg.verifiable.eval_splits:
+                    data = self.verifiable_splits()[split] if bench == "verifiable" else self.eval_pairs_data(split)
+                    jobs.append((f"{bench}@{split}", bench, split, str(data)))
+            else:
+                jobs.append((bench, bench, None, None))
         for label in cfg.evaluate:
             if label not in models:
                 continue
-            for bench in cfg.evaluation.benchmarks:
-                out = self.dir / "eval" / label / f"{bench}.json"
-                self.man.run(f"eval_{label}_{bench}", {"model": models[label], "model_hash": model_hash(models[label]),
-                                                       "bench": bench, "eval": asdict(cfg.evaluation), "judge": asdict(cfg.judge),
-                                                       "device": device, "data": file_hash(data[bench]) if bench in data else None,
-                                                       "verifiable": asdict(cfg.verifiable) if bench in data else None},  # type: ignore[arg-type]
-                             [out], lambda label=label, bench=bench, out=out: evaluate_model(
+            for name, bench, split, data in jobs:
+                out = self.dir / "eval" / label / f"{name}.json"
+                self.man.run(f"eval_{label}_{name}", {"model": models[label], "model_hash": model_hash(models[label]),
+                                                      "bench": bench, "eval": asdict(cfg.evaluation), "judge": asdict(cfg.judge),
+                                                      "device": device, "data": file_hash(data) if data else None, "split": split,
+                                                      "verifiable": asdict(cfg.verifiable) if data else None},  # type: ignore[arg-type]
+                             [out], lambda label=label, bench=bench, out=out, data=data, split=split: evaluate_model(
                                  bench, models[label], label, out, cfg.evaluation, cfg.judge, run_name=cfg.name, device=device,
-                                 data=data.get(bench), verifiable=cfg.verifiable))
+                                 data=data, verifiable=cfg.verifiable, split=split))
         baseline = "student" if "student" in cfg.evaluate else None
         return make_report(self.dir / "eval", cfg.results_dir, manifest=self.man.data, baseline=baseline,
                            paper=cfg.paper_numbers)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuna.errors import TunaError
 from tuna.records import atomic_write_json
 from tuna_recipes.pipeline.config import PipelineConfig, build_config, set_dotted
 from tuna_recipes.pipeline.manifest import Manifest
@@ -29,9 +30,35 @@ def run_label(overrides: dict[str, Any]) -> str:
 
 
 @dataclass
+class SelectConfig:
+    """One knob per arm chosen on the validation split before any held-out run, by a rule fixed in the config: each
+    arm takes the value with the highest validation ``metric``; ``tie_metric`` decides between values within
+    ``tie_within`` points of the best, and then the smaller value. The search trains once per value, at ``seed``."""
+
+    values: list[float] = field(default_factory=list)
+    """The candidate values (e.g. learning rates [3.0e-5, 1.0e-4, 3.0e-4])."""
+    key: str = "context_rank.optim.lr"
+    """The dotted pipeline key the values go to."""
+    keys: dict[str, str | None] = field(default_factory=dict)
+    """Arms whose key differs (e.g. {best_of_n: best_of_n.optim.lr}); null: the arm is not tuned."""
+    same_as: dict[str, str] = field(default_factory=dict)
+    """Arms that take another arm's chosen value instead of a search of their own (e.g. {tuna_flip0.2: tuna})."""
+    split: str = "val"
+    """The split the values are compared on (its verifiable/pairs results)."""
+    metric: str = "verifiable_score"
+    """verifiable_score (the split's task score) | pair_accuracy."""
+    tie_metric: str = "pair_accuracy"
+    tie_within: float = 0.5
+    seed: int | None = None
+    """The training seed of the search (default: the sweep's first seed, so that run is reused, not repeated)."""
+    from_file: str | None = None
+    """Take the chosen values from another sweep's selection.json instead of searching."""
+
+
+@dataclass
 class SweepConfig:
     """A grid over any pipeline config keys (or named arms, each its own overrides): one run per combination or
-    arm, then the ablation tables."""
+    arm (and per seed), then the ablation tables."""
 
     base: str | None = None
     """A pipeline YAML (default: the embedded demo settings)."""
@@ -45,42 +72,186 @@ class SweepConfig:
     whose runs differ in more than one knob (e.g. {best_of_n: {variants: [best_of_n]}, dpo: {...}})."""
     baseline: str | None = None
     """The row every other row is compared with by a paired bootstrap (e.g. "student [untrained]")."""
+    seeds: list[int] = field(default_factory=list)
+    """Run each arm once per seed (the pipeline's `seed`: the student's training samples and the training order);
+    labels `<arm>/s<seed>`. Empty: one run per arm with the config's seed."""
+    arm_seeds: dict[str, list[int]] = field(default_factory=dict)
+    """Arms run with other seeds than `seeds` (e.g. {untrained: [0]}: nothing is trained, one run is enough)."""
+    select: SelectConfig | None = None
+    """Choose a knob per arm on the validation split first (e.g. the learning rate); see SelectConfig."""
+    only: list[str] = field(default_factory=list)
+    """Run only these arms (a sweep may run in parts; sweep.json keeps the runs of every part)."""
     name: str = "sweep"
     run_dir: str = "runs/sweep"
     results_dir: str = "results/sweep"
 
 
-def run_sweep(sw: SweepConfig) -> dict[str, Any]:
-    import yaml
+@dataclass
+class PlannedRun:
+    label: str
+    arm: str
+    overrides: dict[str, Any]
+    seed: int | None = None
+    selected: dict[str, Any] | None = None
 
-    base = asdict(PipelineConfig())
-    if sw.base:
-        loaded = yaml.safe_load(Path(sw.base).read_text()) or {}
-        base = asdict(build_config(loaded))
-    for k, v in sw.set.items():
-        set_dotted(base, k, v)
-    plan = list(sw.arms.items()) if sw.arms else [(run_label(o), o) for o in expand_grid(sw.grid)]
-    root = Path(sw.run_dir)
-    print(f"sweep {sw.name}: {len(plan)} runs" + (f" ({', '.join(sw.arms)})" if sw.arms else f" over {', '.join(sw.grid)}"))
-    runs = []
-    for i, (label, overrides) in enumerate(plan):
-        d = json.loads(json.dumps(base))
+
+def _short(key: str) -> str:
+    return key.split(".")[-1]
+
+
+def _value_label(v: Any) -> str:
+    return f"{v:.0e}".replace("e-0", "e-") if isinstance(v, float) else str(v)
+
+
+class Sweep:
+    """The runs of a sweep: planned from the config, run (or resumed) one after another, recorded in sweep.json."""
+
+    def __init__(self, sw: SweepConfig):
+        import yaml
+
+        self.sw = sw
+        base = asdict(PipelineConfig())
+        if sw.base:
+            loaded = yaml.safe_load(Path(sw.base).read_text()) or {}
+            base = asdict(build_config(loaded))
+        for k, v in sw.set.items():
+            set_dotted(base, k, v)
+        self.base = base
+        self.root = Path(sw.run_dir)
+        self.index = self.root / "sweep.json"
+        prev = json.loads(self.index.read_text()) if self.index.exists() else {}
+        self.runs: dict[str, dict[str, Any]] = {r["label"]: r for r in prev.get("runs", [])} if prev.get("name", sw.name) == sw.name else {}
+
+    def arms(self) -> list[tuple[str, dict[str, Any]]]:
+        plan = list(self.sw.arms.items()) if self.sw.arms else [(run_label(o), o) for o in expand_grid(self.sw.grid)]
+        if self.sw.only:
+            unknown = sorted(set(self.sw.only) - {a for a, _ in plan})
+            if unknown:
+                raise TunaError(f"unknown arms {unknown} (the sweep has {', '.join(a for a, _ in plan)})", field="only")
+            plan = [(a, o) for a, o in plan if a in self.sw.only]
+        return plan
+
+    def seeds_of(self, arm: str) -> list[int | None]:
+        return list(self.sw.arm_seeds.get(arm, self.sw.seeds)) or [None]
+
+    def tuned_key(self, arm: str) -> str | None:
+        sel = self.sw.select
+        if sel is None:
+            return None
+        return sel.keys[arm] if arm in sel.keys else sel.key
+
+    def run(self, label: str, arm: str, overrides: dict[str, Any], seed: int | None, selected: dict[str, Any] | None = None) -> dict[str, Any]:
+        d = json.loads(json.dumps(self.base))
         for k, v in overrides.items():
             set_dotted(d, k, v)
-        d.update(name=label, run_dir=str(root / label), results_dir=str(Path(sw.results_dir) / "runs" / label))
+        if seed is not None:
+            d["seed"] = seed
+        d.update(name=label, run_dir=str(self.root / label), results_dir=str(Path(self.sw.results_dir) / "runs" / label))
         cfg = build_config(d)
-        print(f"\n##### sweep run {i + 1}/{len(plan)}: {label}")
-        # runs share the data steps whose settings they share (teacher samples and scores)
-        shared = root / "shared"
+        # runs share the data steps whose settings they share (teacher samples and scores, the student's samples)
+        shared = self.root / "shared"
         shared.mkdir(parents=True, exist_ok=True)
         run_path = Path(cfg.run_dir)
         run_path.mkdir(parents=True, exist_ok=True)
         link = run_path / "shared"
         if not link.exists():
             link.symlink_to(shared.resolve(), target_is_directory=True)
-        data = run_pipeline(cfg)
-        runs.append({"label": label, "overrides": overrides, "run_dir": cfg.run_dir, "timings": Manifest(run_path, asdict(cfg)).timings()})
-        del data
-    tables = make_sweep_report(runs, sw.results_dir, baseline=sw.baseline, knob_tables=not sw.arms)
-    atomic_write_json(root / "sweep.json", {"sweep": asdict(sw), "runs": runs, "tables": tables})
-    return {"runs": runs, "tables": tables}
+        run_pipeline(cfg)
+        rec = {"label": label, "arm": arm, "seed": seed, "overrides": overrides, "selected": selected,
+               "run_dir": cfg.run_dir, "timings": Manifest(run_path, asdict(cfg)).timings()}
+        self.runs[label] = rec
+        self.save()
+        return rec
+
+    def save(self, **extra: Any) -> None:
+        prev = json.loads(self.index.read_text()) if self.index.exists() else {}
+        data = {**prev, "name": self.sw.name, "sweep": asdict(self.sw), "runs": list(self.runs.values()), **extra}
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.index, data)
+
+    # ------------------------------------------------------------------------------------------- selection
+
+    def selection(self, arms: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+        """arm -> {"key", "value", "scores"}: the validation search (or the file it was recorded in)."""
+        sel = self.sw.select
+        if sel is None:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        if sel.from_file:
+            recorded = json.loads(Path(sel.from_file).read_text())
+        else:
+            recorded = json.loads((self.root / "selection.json").read_text()) if (self.root / "selection.json").exists() else {}
+        for arm, overrides in arms:
+            key = self.tuned_key(arm)
+            if key is None:
+                continue
+            source = sel.same_as.get(arm, arm)
+            if sel.from_file or arm in sel.same_as:
+                if source not in recorded:
+                    raise TunaError(f"arm {arm}: no selection recorded for {source!r} in "
+                                    f"{sel.from_file or self.root / 'selection.json'}", field="select")
+                out[arm] = {**recorded[source], "key": key, "from": source}
+                continue
+            seed = sel.seed if sel.seed is not None else self.seeds_of(arm)[0]
+            scores = {}
+            for v in sel.values:
+                label = f"{arm}/{_short(key)}={_value_label(v)}" + (f"/s{seed}" if seed is not None else "")
+                print(f"\n##### selection on {sel.split}: {label}")
+                rec = self.run(label, arm, {**overrides, key: v, "verifiable.eval_splits": [sel.split]}, seed,
+                               selected={"search": True, "key": key, "value": v})
+                scores[_value_label(v)] = {"value": v, **split_metrics(rec["run_dir"], sel.split)}
+            out[arm] = {"key": key, "value": choose(scores, sel), "scores": scores, "rule": asdict(sel)}
+            recorded[arm] = out[arm]
+            atomic_write_json(self.root / "selection.json", recorded)
+        return out
+
+    # ------------------------------------------------------------------------------------------- the sweep
+
+    def run_all(self) -> dict[str, Any]:
+        arms = self.arms()
+        plan = [(arm, seed) for arm, _ in arms for seed in self.seeds_of(arm)]
+        print(f"sweep {self.sw.name}: {len(plan)} runs over {len(arms)} arms"
+              + (f", seeds {self.sw.seeds}" if self.sw.seeds else "") + (" after a validation search" if self.sw.select else ""))
+        chosen = self.selection(arms)
+        for i, (arm, seed) in enumerate(plan):
+            overrides = dict(self.sw.arms.get(arm) or next(o for a, o in arms if a == arm))
+            label = arm
+            pick = chosen.get(arm)
+            if pick is not None:
+                overrides[pick["key"]] = pick["value"]
+                label += f"/{_short(pick['key'])}={_value_label(pick['value'])}"
+            if seed is not None:
+                label += f"/s{seed}"
+            print(f"\n##### sweep run {i + 1}/{len(plan)}: {label}")
+            self.run(label, arm, overrides, seed, selected=pick and {"key": pick["key"], "value": pick["value"]})
+        runs = [r for r in self.runs.values() if not (r.get("selected") or {}).get("search")]
+        tables = make_sweep_report(runs, self.sw.results_dir, baseline=self.sw.baseline, knob_tables=not self.sw.arms)
+        self.save(tables=tables)
+        return {"runs": runs, "tables": tables}
+
+
+def split_metrics(run_dir: str, split: str) -> dict[str, float | None]:
+    """The task score and pair accuracy a run's evaluated model got on ``split`` (its eval/<model>/*@split.json)."""
+    out: dict[str, float | None] = {"verifiable_score": None, "pair_accuracy": None}
+    for f in Path(run_dir, "eval").glob(f"*/*@{split}.json"):
+        m = json.loads(f.read_text())["metrics"]
+        if f.name.startswith("verifiable@"):
+            out["verifiable_score"] = m.get("score")
+        elif f.name.startswith("pairs@"):
+            out["pair_accuracy"] = m.get("pair_accuracy")
+    return out
+
+
+def choose(scores: dict[str, dict[str, Any]], sel: SelectConfig) -> Any:
+    """The rule: the highest ``metric``; among values within ``tie_within`` points of it, the highest ``tie_metric``;
+    then the smallest value."""
+    ok = {k: v for k, v in scores.items() if v.get(sel.metric) is not None}
+    if not ok:
+        raise TunaError(f"no run of the search reported {sel.metric} on {sel.split}", field="select.metric")
+    best = max(v[sel.metric] for v in ok.values())
+    close = [v for v in ok.values() if v[sel.metric] >= best - sel.tie_within]
+    return min(close, key=lambda v: (-(v.get(sel.tie_metric) or float("-inf")), v["value"]))["value"]
+
+
+def run_sweep(sw: SweepConfig) -> dict[str, Any]:
+    return Sweep(sw).run_all()
