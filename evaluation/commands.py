@@ -404,10 +404,12 @@ def report(
     baseline: str | None = None,
     resamples: int | None = None,
     seed: int | None = None,
+    evidence: str | None = None,
 ) -> str:
     """Collect results.json files into the paper's tables (Markdown + LaTeX, with 95 % bootstrap intervals and n) and
     PNG plots under <out>/<name>/. Columns are keyed by evaluation protocol: runs with different protocols never
-    share a column.
+    share a column. With --evidence DIR: rebuild the verifiable experiment's tables in DIR from its committed
+    per-item files (evaluation.evidence) instead.
 
     Args:
         runs: Folder searched recursively for results.json.
@@ -419,8 +421,18 @@ def report(
         baseline: A row (model name) every other row is compared with by a paired bootstrap over the same items.
         resamples: Bootstrap resamples per interval (default: evaluation.stats.RESAMPLES, 2000).
         seed: Bootstrap seed, so tables are reproducible (default: evaluation.stats.SEED, 0).
+        evidence: A folder written by `tuna evidence-export` (items/, runs.json): its tables and plots are rebuilt
+            there, with two-way (seeds x item clusters) intervals and Holm's correction; the other arguments but
+            resamples and seed are not used.
     """
     from evaluation.report import make_report
+
+    if evidence:
+        from evaluation.evidence import RESAMPLES, SEED, make_evidence_report
+
+        rep = make_evidence_report(evidence, resamples=resamples or RESAMPLES, seed=SEED if seed is None else seed)
+        print(f"evidence tables: {len(rep['comparisons'])} comparisons over {rep['items']} held-out items -> {evidence}/main.md")
+        return str(evidence)
 
     if paper == "experiments/paper_numbers.example.yaml" and not Path(paper).exists():
         paper = None  # the default only applies inside the repository
