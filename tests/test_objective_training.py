@@ -16,7 +16,7 @@ from test_pipeline import run_cli, tiny_pipeline
 
 from tuna.config import DataConfig, ModelConfig, OptimConfig
 from tuna.feedback.commands import ReferenceJob, run_reference
-from tuna.losses import OBJECTIVES, LossConfig
+from tuna.losses import OBJECTIVES, LossConfig, required_candidate_fields
 from tuna.records import read_records, write_records
 from tuna_recipes.cli import main
 
@@ -110,7 +110,7 @@ def test_every_objective_trains_through_the_cli(objective, stage, tied_ranked_re
     assert summary["global_step"] == 2
     tags = ["train/loss", "train/loss_rank", "train/loss_mle", "train/pair_acc", "train/score_rank0", "train/score_rank3",
             "train/tie_share"]
-    if objective in ("dpo", "ipo"):
+    if "ref_logprob" in required_candidate_fields(LossConfig(objective=objective)):  # implicit rewards β·log(π/π_ref)
         tags += ["train/reward_acc", "train/reward_rank0"]
     for tag in tags:
         values = tb_scalars(tmp_path, tag)

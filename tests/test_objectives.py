@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import get_args
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tuna.config import Objective
 from tuna.losses import (
     OBJECTIVES,
     LossConfig,
@@ -26,6 +28,7 @@ from tuna.losses import (
     tie_groups,
     tuna_loss,
 )
+from tuna.objectives import ObjectiveSpec
 
 NAN = float("nan")
 # Best-first ranker scores per record, with ties: record 1 has 3 candidates, record 2 four plus its gold in slot 4.
@@ -386,6 +389,38 @@ def test_objective_defaults_and_requirements():
     assert required_candidate_fields(LossConfig(objective="pro")) == ["score"]
     assert required_candidate_fields(LossConfig(objective="pro", pro_temperature=1.0)) == []
     assert required_candidate_fields(LossConfig(objective="simpo", ties="skip")) == []
+
+
+def test_the_objective_choices_are_the_registry():
+    """`loss.objective`'s type (jsonargparse's choices in --help and --print_config) is built from the registry, and
+    every entry's functions import."""
+    assert get_args(Objective) == tuple(OBJECTIVES)
+    resolved = [spec.function() for spec in OBJECTIVES.values()]
+    assert len(resolved) == 7 and all(callable(f) for f in resolved)
+    assert [name for name, spec in OBJECTIVES.items() if spec.mle_function() is not None] == ["pro"]
+
+
+def throwaway_objective(x, cfg):
+    """The gap between each record's best and second candidate, as a test objective."""
+    return (x.scores[:, 1] - x.scores[:, 0]).mean(), None
+
+
+def test_adding_an_objective_is_one_registry_entry(monkeypatch):
+    """A new entry, with no other edit: the config accepts it, training asks for its fields, the loss dispatches to
+    its function and uses its own MLE defaults."""
+    spec = ObjectiveSpec("a test", f"{__name__}:throwaway_objective", 0.5, "gold", candidate_fields=lambda cfg: ["score"])
+    monkeypatch.setitem(OBJECTIVES, "throwaway", spec)
+    cfg = LossConfig(objective="throwaway")
+    assert mle_settings(cfg) == (0.5, "gold")
+    assert required_candidate_fields(cfg) == ["score"]
+    logps, mask, rank_mask, gold_mask, rank_scores, _ = make_inputs(5)
+    out = objective_loss(logps, mask, rank_mask, gold_mask, cfg, rank_scores=rank_scores)
+    s = out.scores
+    assert float(out.rank) == pytest.approx(float((s[:, 1] - s[:, 0]).mean()))
+    gold = objective_loss(logps, mask, rank_mask, gold_mask, LossConfig(objective="tuna", mle_target="gold", rank_weight=0.0))
+    assert float(out.mle) == pytest.approx(float(gold.mle)) and float(out.loss) == pytest.approx(0.5 * float(out.mle) + float(out.rank))
+    with pytest.raises(ValueError, match=r"loss\.objective must be one of .*\| simpo \| throwaway, got 'ppo'"):
+        LossConfig(objective="ppo")
 
 
 @pytest.mark.parametrize(("knobs", "field"), [
