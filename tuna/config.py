@@ -117,7 +117,7 @@ class LossConfig:
     """Pairs a ranking implies for the pairwise objectives (whose entry reads them: dpo, ipo, simpo): all (every
     better/worse pair) | adjacent (neighbouring ranks only)."""
     dpo_beta: float = 0.1
-    """β of DPO: the scale of the implicit reward β·log(π/π_ref) (dpo)."""
+    """β of DPO: the scale of the implicit reward β·log(π/π_ref) (dpo; lipo, whose scores are these rewards)."""
     ipo_tau: float = 0.1
     """τ of IPO: the target gap of the length-averaged log-ratio margin is 1/(2τ) (ipo)."""
     simpo_beta: float = 2.0

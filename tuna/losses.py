@@ -379,6 +379,62 @@ def simpo_loss(scores: torch.Tensor, pairs: torch.Tensor, beta: float, gamma: fl
     return _pair_mean(-F.logsigmoid(margin), pairs)
 
 
+# ----------------------------------------------------------------------------------------------- LiPO-λ
+
+
+def lipo_labels(rank_scores: torch.Tensor | None, candidate_mask: torch.Tensor, groups: torch.Tensor, ties: Ties,
+                ) -> torch.Tensor:
+    """[B, N] LiPO's graded labels ψ (0 on padding).
+
+    ``ties: skip``: the ranker's scores, in each record whose real candidates all have one (equal scores are equal
+    labels, never a pair: LiPO sums over ψ_i > ψ_j). Otherwise (``ties: ordered``, whose ranking is the file order,
+    or a record with an unknown score): from the rank positions, each candidate's share of wins against the others of
+    its record, a tie counting half: ``(n − 1 − p_k) / (n − 1)`` with ``p_k`` the mean position of its tie group
+    (``groups``), so 1 for the best and 0 for the worst of a strict ranking, in [0, 1] like a verifier's scores."""
+    n = candidate_mask.sum(-1, keepdim=True).float()
+    labels = (n - 1.0 - group_positions(groups)) / (n - 1.0).clamp_min(1.0)
+    if ties == "skip" and rank_scores is not None:
+        scored = (~torch.isnan(rank_scores) | ~candidate_mask).all(-1, keepdim=True)
+        labels = torch.where(scored, rank_scores.float(), labels)
+    return labels.masked_fill(~candidate_mask, 0.0)
+
+
+def lipo_lambda_weights(rewards: torch.Tensor, labels: torch.Tensor, candidate_mask: torch.Tensor) -> torch.Tensor:
+    """[B, N, N] LiPO-λ's Lambda weights ``Δ_ij = |G_i − G_j| · |1/D(τ_i) − 1/D(τ_j)|`` (Liu et al. 2024, section
+    "LiPO-λ"), gain ``G = 2^ψ − 1``, discount ``D(τ) = log2(1 + τ)``, ``τ_i`` the 1-based rank of candidate i when its
+    record's real candidates are sorted by ``rewards``, best first (the permutation the scores induce).
+
+    Equal rewards are ranked by position (a stable sort): at step 0, where π = π_ref and every reward is 0, τ is the
+    given ranking (an average rank would give every pair the weight 0, and nothing would train). The weights carry
+    no gradient (τ is piecewise constant in the rewards; the labels are data)."""
+    b, n = rewards.shape
+    with torch.no_grad():
+        r = rewards.detach().float().masked_fill(~candidate_mask, float("-inf"))  # padding ranks last
+        order = torch.sort(r, dim=-1, descending=True, stable=True).indices
+        ranks = torch.arange(1, n + 1, device=rewards.device, dtype=torch.float32).expand(b, n)
+        tau = torch.empty_like(ranks).scatter_(1, order, ranks)
+        inv_discount = 1.0 / torch.log2(1.0 + tau)
+        gain = torch.exp2(labels.float()) - 1.0
+        return (gain[:, :, None] - gain[:, None, :]).abs() * (inv_discount[:, :, None] - inv_discount[:, None, :]).abs()
+
+
+def lipo_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, labels: torch.Tensor, candidate_mask: torch.Tensor,
+              pairs: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """LiPO-λ (Liu et al. 2024, "LiPO: Listwise Preference Optimization through Learning-to-Rank", arXiv 2402.01878,
+    section "LiPO-λ"): the Lambda-weighted pairwise logistic loss on DPO's implicit rewards
+    ``s = β·(log π − log π_ref)`` (log-probs summed over response tokens),
+
+        L = Σ_{(i, j): ψ_i > ψ_j} Δ_ij · log(1 + e^{−(s_i − s_j)}) = Σ Δ_ij · −log σ(s_i − s_j),
+
+    with the weights of :func:`lipo_lambda_weights`, summed over a record's pairs (``pairs``: i above j) and averaged
+    over records (the paper's expectation over lists). Returns ``(loss, rewards)``."""
+    rewards = beta * (policy_logps - ref_logps)
+    delta = lipo_lambda_weights(rewards, labels, candidate_mask).to(rewards.dtype)
+    logistic = -F.logsigmoid(rewards[:, :, None] - rewards[:, None, :])  # [b, i, j]: −log σ(s_i − s_j)
+    per_record = torch.where(pairs, delta * logistic, torch.zeros_like(logistic)).sum((1, 2))
+    return per_record.mean(), rewards
+
+
 # ----------------------------------------------------------------------------------------------- the registry's functions
 
 
@@ -455,6 +511,13 @@ def ipo_objective(x: ObjectiveInputs, cfg: LossConfig) -> ObjectiveTerm:
 
 def simpo_objective(x: ObjectiveInputs, cfg: LossConfig) -> ObjectiveTerm:
     return simpo_loss(x.scores, x.pairs, cfg.simpo_beta, cfg.simpo_gamma), None
+
+
+def lipo_objective(x: ObjectiveInputs, cfg: LossConfig) -> ObjectiveTerm:
+    # x.pairs are LiPO's pairs ψ_i > ψ_j: ranked sets are sorted by score (tuna.records), tied scores share a group
+    # under skip, and the rank-derived labels fall from group to group
+    labels = lipo_labels(x.rank_scores, x.candidate_mask, x.groups, cfg.ties)
+    return lipo_loss(x.sums, x.reference("lipo"), labels, x.candidate_mask, x.pairs, cfg.dpo_beta)
 
 
 def required_candidate_fields(cfg: LossConfig) -> list[str]:

@@ -83,4 +83,7 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
     "ipo": ObjectiveSpec("Azar et al. 2023, IPO", "tuna.losses:ipo_objective", 0.0, "best",
                          candidate_fields=reference_fields, reads_pairs=True),
     "simpo": ObjectiveSpec("Meng et al. 2024, SimPO", "tuna.losses:simpo_objective", 0.0, "best", reads_pairs=True),
+    # LiPO-λ's loss has no SFT term (as DPO's)
+    "lipo": ObjectiveSpec("Liu et al. 2024, LiPO-λ", "tuna.losses:lipo_objective", 0.0, "best",
+                          candidate_fields=reference_fields),
 }
