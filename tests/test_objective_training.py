@@ -1,5 +1,5 @@
-"""Every objective trains through the CLI on both ranking stages; the reference log-probs of DPO/IPO are scored
-once by `tuna reference` on exactly the training's tokens (step 0: implicit rewards 0, loss log 2), checked at
+"""Every objective trains through the CLI on both ranking stages; the reference log-probs of DPO, IPO and LiPO-λ are
+scored once by `tuna reference` on exactly the training's tokens (step 0: implicit rewards 0, loss log 2), checked at
 load time, and made by the pipeline as a step of its own."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from test_pipeline import run_cli, tiny_pipeline
 
 from tuna.config import DataConfig, ModelConfig, OptimConfig
 from tuna.feedback.commands import ReferenceJob, run_reference
-from tuna.losses import OBJECTIVES, LossConfig
+from tuna.losses import OBJECTIVES, LossConfig, required_candidate_fields
 from tuna.records import read_records, write_records
 from tuna_recipes.cli import main
 
@@ -110,7 +110,7 @@ def test_every_objective_trains_through_the_cli(objective, stage, tied_ranked_re
     assert summary["global_step"] == 2
     tags = ["train/loss", "train/loss_rank", "train/loss_mle", "train/pair_acc", "train/score_rank0", "train/score_rank3",
             "train/tie_share"]
-    if objective in ("dpo", "ipo"):
+    if "ref_logprob" in required_candidate_fields(LossConfig(objective=objective)):  # implicit rewards β·log(π/π_ref)
         tags += ["train/reward_acc", "train/reward_rank0"]
     for tag in tags:
         values = tb_scalars(tmp_path, tag)
@@ -122,6 +122,12 @@ def test_every_objective_trains_through_the_cli(objective, stage, tied_ranked_re
         assert rank[0] == pytest.approx(math.log(2), abs=1e-6)
     if objective == "ipo":
         assert rank[0] == pytest.approx((1 / (2 * 0.1)) ** 2, rel=1e-5)
+    if objective == "lipo":  # step 0: every reward 0, so τ is the given ranking and each pair weighs Δ_ij·log 2
+        labels = [1, 2 / 3, 1 / 3, 0] if ties == "ordered" else [0.0, -1.0, -1.0, -2.0]  # win shares | ranker scores
+        inv_d = [1 / math.log2(2 + k) for k in range(4)]
+        expected = sum(abs(2 ** labels[i] - 2 ** labels[j]) * (inv_d[i] - inv_d[j]) * math.log(2)
+                       for i in range(4) for j in range(i + 1, 4) if labels[i] > labels[j])
+        assert rank[0] == pytest.approx(expected, rel=1e-5)
 
 
 def test_missing_or_mismatched_reference_is_one_line(tied_ranked, tied_ranked_ref, tmp_path, capsys):
@@ -151,7 +157,7 @@ def test_missing_or_mismatched_reference_is_one_line(tied_ranked, tied_ranked_re
     assert err.startswith(f"tuna: error: {unscored}:3: field 'candidates[1].score': loss.objective=pro needs score"), err
 
 
-def test_pipeline_scores_the_reference_once_for_dpo_and_ipo(shared_data, tmp_path):
+def test_pipeline_scores_the_reference_once_for_dpo_ipo_and_lipo(shared_data, tmp_path):
     cfg = tiny_pipeline(tmp_path, evaluate=["tuna_p"])
     cfg["prob_rank"]["loss"] = {"objective": "dpo"}
     cfg["evaluation"]["benchmarks"] = ["lmentry"]
@@ -168,7 +174,10 @@ def test_pipeline_scores_the_reference_once_for_dpo_and_ipo(shared_data, tmp_pat
     assert steps["tuna_p"]["inputs"]["data"] != steps["teacher_score"]["inputs"]["candidates"]
     assert (tmp_path / "results/main.md").exists()
 
-    proc = run_cli("pipeline", "--config", str(path), "--prob_rank.loss.objective", "ipo")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ran = [line for line in proc.stdout.splitlines() if line.startswith("=== ")]
-    assert "=== reference_tuna_p ===" not in ran and "=== tuna_p ===" in ran, ran
+    for objective in ("ipo", "lipo"):  # the same reference serves every objective that reads it
+        proc = run_cli("pipeline", "--config", str(path), "--prob_rank.loss.objective", objective)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        ran = [line for line in proc.stdout.splitlines() if line.startswith("=== ")]
+        assert "=== reference_tuna_p ===" not in ran and "=== tuna_p ===" in ran, (objective, ran)
+        steps = json.loads((tmp_path / "run/manifest.json").read_text())["steps"]
+        assert steps["tuna_p"]["inputs"]["cfg"]["loss"]["objective"] == objective

@@ -2,20 +2,27 @@
 
 Each reference is written from the papers' formulas with plain Python loops over records, pairs, steps and
 tokens (tie groups found by comparing scores, not by the fast cumulative sum); where a reference implementation
-exists (RRHF, PRO, TRL's DPO/IPO, SimPO) a second test evaluates that code's own formula on the same numbers."""
+exists (RRHF, PRO, TRL's DPO/IPO, SimPO) a second test evaluates that code's own formula on the same numbers. LiPO-λ
+has no public reference code: its loop reference follows the paper's definitions (labels, pairs ψ_i > ψ_j, ranks τ
+counted from the rewards), and its Lambda weights are checked by hand on a 3-candidate example."""
 
 from __future__ import annotations
 
 import itertools
 import math
+from typing import get_args
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tuna.config import Objective
 from tuna.losses import (
     OBJECTIVES,
     LossConfig,
+    dpo_loss,
+    lipo_lambda_weights,
+    lipo_loss,
     mle_settings,
     objective_loss,
     pair_accuracy,
@@ -26,6 +33,7 @@ from tuna.losses import (
     tie_groups,
     tuna_loss,
 )
+from tuna.objectives import ObjectiveSpec
 
 NAN = float("nan")
 # Best-first ranker scores per record, with ties: record 1 has 3 candidates, record 2 four plus its gold in slot 4.
@@ -136,6 +144,8 @@ def slow_objective(logps, mask, rank_mask, gold_mask, rank_scores, ref, cfg: Los
                 z = torch.exp(w_own * s(b, k)) + sum(torch.exp(w[j] * s(b, j)) for j in below)
                 total = total + torch.log(z) - w_own * s(b, k)
         rank = total / B
+    elif obj == "lipo":
+        rank = slow_lipo(logps, mask, n_of, rows, ref, cfg.dpo_beta, cfg.ties)
     else:
         terms = []
         for b in range(B):
@@ -177,6 +187,39 @@ def slow_objective(logps, mask, rank_mask, gold_mask, rank_scores, ref, cfg: Los
     return weight * mle_term + cfg.rank_weight * rank, rank, mle
 
 
+def slow_lipo_labels(row, n, ties):
+    """LiPO's ψ: the ranker's scores (ties: skip, every candidate scored), else each candidate's share of wins
+    against the others of its record (a tie, under skip, counting half), counted pair by pair."""
+    known = [not math.isnan(row[k]) for k in range(n)]
+    if ties == "skip" and all(known):
+        return [row[k] for k in range(n)]
+    if n == 1:
+        return [0.0]
+
+    def tied(i, j):
+        return ties == "skip" and known[i] and known[j] and row[i] == row[j]
+
+    return [sum(0.5 if tied(k, j) else float(k < j) for j in range(n) if j != k) / (n - 1) for k in range(n)]
+
+
+def slow_lipo(logps, mask, n_of, rows, ref, beta, ties):
+    """LiPO-λ from the paper's definitions: s_k = β(ℓ_k − ℓ_ref,k); τ_i = 1 + #{j: s_j > s_i} (equal rewards: the
+    earlier position ranks first); Σ over pairs ψ_i > ψ_j of |G_i − G_j|·|1/D(τ_i) − 1/D(τ_j)|·log(1 + e^-(s_i − s_j)),
+    G = 2^ψ − 1, D(τ) = log2(1 + τ); mean over records."""
+    total = 0.0
+    for b, n in enumerate(n_of):
+        s = [beta * (seq(logps, mask, b, k)[0] - float(ref[b, k])) for k in range(n)]
+        sv = [float(v) for v in s]
+        tau = [1 + sum(1 for j in range(n) if sv[j] > sv[i] or (sv[j] == sv[i] and j < i)) for i in range(n)]
+        psi = slow_lipo_labels(rows[b], n, ties)
+        for i in range(n):
+            for j in range(n):
+                if psi[i] > psi[j]:
+                    delta = abs((2 ** psi[i] - 1) - (2 ** psi[j] - 1)) * abs(1 / math.log2(1 + tau[i]) - 1 / math.log2(1 + tau[j]))
+                    total = total + delta * torch.log(1 + torch.exp(-(s[i] - s[j])))
+    return total / len(n_of)
+
+
 CASES = [
     ("tuna", {"ties": "skip"}), ("tuna", {"ties": "skip", "pair_reduction": "all_pairs_sum"}),
     ("tuna", {"ties": "ordered", "margin": 0.3, "beta": 1.3}),
@@ -186,6 +229,7 @@ CASES = [
     ("dpo", {}), ("dpo", {"ties": "skip", "pairs": "adjacent", "dpo_beta": 0.5}), ("dpo", {"pairs": "adjacent"}),
     ("ipo", {}), ("ipo", {"ties": "skip", "ipo_tau": 0.3, "mle_weight": 0.5, "mle_target": "gold"}),
     ("simpo", {}), ("simpo", {"ties": "skip", "pairs": "adjacent", "simpo_gamma": 1.0, "beta": 0.0}),
+    ("lipo", {}), ("lipo", {"ties": "skip", "dpo_beta": 0.5}), ("lipo", {"ties": "skip", "mle_weight": 0.2, "mle_target": "gold"}),
 ]
 
 
@@ -207,7 +251,7 @@ def test_objective_value_and_gradient_match_slow_reference(objective, knobs):
 
 
 def test_every_registered_objective_is_tested():
-    assert {o for o, _ in CASES} == set(OBJECTIVES) and len(CASES) == 18
+    assert {o for o, _ in CASES} == set(OBJECTIVES) and len(CASES) == 21
 
 
 # ----------------------------------------------------------------------------------------------- ties
@@ -373,6 +417,120 @@ def test_listmle_is_minus_log_of_the_plackett_luce_probability_of_the_ranking():
     assert float(loss) == pytest.approx(-math.log(prob((0, 1, 2, 3))), rel=1e-12)
 
 
+# ----------------------------------------------------------------------------------------------- LiPO-λ
+
+
+def random_lipo_case(seed: int, n: int, T: int = 5):
+    """Three records of up to ``n`` candidates: ranker scores from {0, 1, 2} (ties), padding, and in one record an
+    unknown (NaN) score for the last real candidate; one record always has all ``n``."""
+    g = torch.Generator().manual_seed(seed)
+    B = 3
+    n_real = [n] + [int(torch.randint(1, n + 1, (1,), generator=g)) for _ in range(B - 1)]
+    rank_mask = torch.arange(n)[None, :] < torch.tensor(n_real)[:, None]
+    rows = []
+    for b in range(B):
+        vals = sorted((float(v) for v in torch.randint(0, 3, (n_real[b],), generator=g)), reverse=True) + [NAN] * (n - n_real[b])
+        if b == 1 and n_real[b] > 1:
+            vals[n_real[b] - 1] = NAN
+        rows.append(vals)
+    logps = (-torch.rand(B, n, T, generator=g) * 3).requires_grad_(True)
+    lengths = torch.randint(1, T + 1, (B, n), generator=g)
+    mask = (torch.arange(T)[None, None, :] < lengths[..., None]) & rank_mask[..., None]
+    ref = (-torch.rand(B, n, generator=g) * 3 * lengths).masked_fill(~rank_mask, NAN)
+    return logps, mask, rank_mask, torch.tensor(rows), ref, n_real
+
+
+def test_lipo_value_and_gradient_match_the_loop_reference_on_random_cases():
+    """N = 2 and N = 4, ties ordered and skipped, padding, tied and unknown ranker scores, two β."""
+    checked = 0
+    for n in (2, 4):
+        for ties in ("ordered", "skip"):
+            for seed in range(4):
+                logps, mask, rank_mask, rank_scores, ref, n_real = random_lipo_case(seed + 10 * n, n)
+                cfg = LossConfig(objective="lipo", ties=ties, dpo_beta=(0.1, 0.7)[seed % 2])
+                out = objective_loss(logps, mask, rank_mask, None, cfg, rank_scores=rank_scores, ref_logps=ref)
+                g_fast = torch.autograd.grad(out.loss, logps)[0]
+                logps2 = logps.detach().clone().requires_grad_(True)
+                rows = [[float(x) for x in r] for r in rank_scores]
+                slow = slow_lipo(logps2, mask, n_real, rows, ref, cfg.dpo_beta, ties)
+                g_ref = torch.autograd.grad(slow, logps2)[0]
+                assert float(out.rank) == pytest.approx(float(slow), rel=1e-5, abs=1e-6), (n, ties, seed)
+                assert float(out.loss) == float(out.rank) and float(out.rank) > 0  # no MLE term by default
+                torch.testing.assert_close(g_fast, g_ref, atol=1e-6, rtol=1e-5)
+                torch.testing.assert_close(out.rewards, cfg.dpo_beta * ((logps * mask).sum(-1) - ref.nan_to_num()))
+                checked += 1
+    assert checked == 16
+
+
+def test_lipo_lambda_weights_on_a_hand_computed_example():
+    """ψ = 2, 1, 0 (gains 3, 1, 0); the policy's rewards order them 1, 0, 2, so τ = 2, 1, 3 and 1/D(τ) = 1/log2(3),
+    1, 1/2. Δ_01 = 2·(1 − 1/log2 3), Δ_02 = 3·(1/log2 3 − 1/2), Δ_12 = 1·(1 − 1/2)."""
+    labels = torch.tensor([[2.0, 1.0, 0.0]])
+    rewards = torch.tensor([[0.1, 0.5, -0.2]], requires_grad=True)
+    cand = torch.ones(1, 3, dtype=torch.bool)
+    w = lipo_lambda_weights(rewards, labels, cand)[0]
+    inv3 = 1 / math.log2(3)
+    expected = torch.tensor([[0.0, 2 * (1 - inv3), 3 * (inv3 - 0.5)], [2 * (1 - inv3), 0.0, 0.5], [3 * (inv3 - 0.5), 0.5, 0.0]])
+    torch.testing.assert_close(w, expected)
+    assert not w.requires_grad  # the weights are not differentiated through
+    # τ depends on the rewards only through their order: a positive scale or shift changes nothing
+    torch.testing.assert_close(lipo_lambda_weights(rewards * 7.0 - 3.0, labels, cand)[0], expected)
+    # the policy ranking them as the labels do: τ = 1, 2, 3, and the top pair weighs most
+    ordered = lipo_lambda_weights(torch.tensor([[1.0, 0.0, -1.0]]), labels, cand)[0]
+    assert float(ordered[0, 1]) == pytest.approx(2 * (1 - inv3)) and float(ordered[1, 2]) == pytest.approx(inv3 - 0.5)
+    # equal labels weigh nothing, whatever the ranks
+    assert float(lipo_lambda_weights(rewards, torch.tensor([[1.0, 1.0, 0.0]]), cand)[0, 0, 1]) == 0.0
+    # a padded candidate ranks last and leaves the real ones' τ alone
+    padded = lipo_lambda_weights(torch.tensor([[0.1, 0.5, -0.2, 9.0]]), torch.tensor([[2.0, 1.0, 0.0, 0.0]]),
+                                 torch.tensor([[True, True, True, False]]))[0, :3, :3]
+    torch.testing.assert_close(padded, expected)
+
+
+def test_lipo_at_step_zero_weights_pairs_by_the_given_ranking():
+    """π = π_ref: every reward is 0, the stable sort ranks the candidates as given (τ = 1..N), and each pair's loss is
+    Δ_ij · log 2 (an average rank for the tied rewards would weigh every pair 0 and nothing would train)."""
+    logps = -torch.rand(2, 4) * 5
+    cand = torch.ones(2, 4, dtype=torch.bool)
+    labels = torch.tensor([[1.0, 2 / 3, 1 / 3, 0.0], [3.0, 2.0, 2.0, 0.0]])
+    pairs = labels[:, :, None] > labels[:, None, :]
+    loss, rewards = lipo_loss(logps, logps.clone(), labels, cand, pairs, beta=0.1)
+    assert bool((rewards == 0).all())
+    inv_d = [1 / math.log2(1 + t) for t in (1, 2, 3, 4)]
+    expected = 0.0
+    for b in range(2):
+        for i, j in itertools.combinations(range(4), 2):
+            if labels[b, i] > labels[b, j]:
+                expected += abs(2 ** float(labels[b, i]) - 2 ** float(labels[b, j])) * (inv_d[i] - inv_d[j]) * math.log(2)
+    assert float(loss) == pytest.approx(expected / 2, rel=1e-6) and expected > 0
+
+
+def test_lipo_with_two_candidates_is_a_weighted_dpo():
+    """N = 2: τ is 1 and 2 whatever the order, so Δ = |G_0 − G_1|·(1 − 1/log2 3) and each record's loss is DPO's
+    −log σ(β[(ℓ_0 − ℓ_ref,0) − (ℓ_1 − ℓ_ref,1)]) times its Δ."""
+    torch.manual_seed(4)
+    B, T = 5, 6
+    logps = (-torch.rand(B, 2, T) * 2).requires_grad_(True)
+    mask = torch.arange(T)[None, None, :] < torch.randint(1, T + 1, (B, 2))[..., None]
+    ref = -torch.rand(B, 2) * 8
+    cand = torch.ones(B, 2, dtype=torch.bool)
+    scale = 1 - 1 / math.log2(3)
+    # rank-derived labels (ties ordered): ψ = 1, 0 in every record, so LiPO is DPO scaled by one constant
+    lipo = objective_loss(logps, mask, cand, None, LossConfig(objective="lipo"), ref_logps=ref)
+    dpo = objective_loss(logps, mask, cand, None, LossConfig(objective="dpo"), ref_logps=ref)
+    assert float(lipo.loss) == pytest.approx(scale * float(dpo.loss), rel=1e-6)
+    g_lipo, g_dpo = (torch.autograd.grad(o.loss, logps)[0] for o in (lipo, dpo))
+    torch.testing.assert_close(g_lipo, scale * g_dpo)
+    # graded labels (the ranker's scores, ties skipped): a per-record weight |2^ψ0 − 2^ψ1|·scale
+    scores = torch.tensor([[1.0, 0.0], [0.9, 0.2], [2.0, 1.5], [0.5, 0.5], [3.0, -1.0]])
+    out = objective_loss(logps, mask, cand, None, LossConfig(objective="lipo", ties="skip"), rank_scores=scores, ref_logps=ref)
+    sums = (logps * mask).sum(-1)
+    per_record = [dpo_loss(sums[b : b + 1], ref[b : b + 1], torch.tensor([[[False, True], [False, False]]]), 0.1)[0]
+                  for b in range(B)]
+    expected = sum(abs(2 ** float(scores[b, 0]) - 2 ** float(scores[b, 1])) * scale * per_record[b] for b in range(B)) / B
+    assert float(out.loss) == pytest.approx(float(expected), rel=1e-6)
+    assert float(out.loss) > 0 and not bool(out.pairs[3].any())  # the tied record has no pair
+
+
 # ----------------------------------------------------------------------------------------------- config
 
 
@@ -386,6 +544,40 @@ def test_objective_defaults_and_requirements():
     assert required_candidate_fields(LossConfig(objective="pro")) == ["score"]
     assert required_candidate_fields(LossConfig(objective="pro", pro_temperature=1.0)) == []
     assert required_candidate_fields(LossConfig(objective="simpo", ties="skip")) == []
+    assert mle_settings(LossConfig(objective="lipo")) == (0.0, "best")
+    assert required_candidate_fields(LossConfig(objective="lipo")) == ["ref_logprob"]
+
+
+def test_the_objective_choices_are_the_registry():
+    """`loss.objective`'s type (jsonargparse's choices in --help and --print_config) is built from the registry, and
+    every entry's functions import."""
+    assert get_args(Objective) == tuple(OBJECTIVES)
+    resolved = [spec.function() for spec in OBJECTIVES.values()]
+    assert len(resolved) == len(OBJECTIVES) >= 8 and all(callable(f) for f in resolved)
+    assert [name for name, spec in OBJECTIVES.items() if spec.mle_function() is not None] == ["pro"]
+
+
+def throwaway_objective(x, cfg):
+    """The gap between each record's best and second candidate, as a test objective."""
+    return (x.scores[:, 1] - x.scores[:, 0]).mean(), None
+
+
+def test_adding_an_objective_is_one_registry_entry(monkeypatch):
+    """A new entry, with no other edit: the config accepts it, training asks for its fields, the loss dispatches to
+    its function and uses its own MLE defaults."""
+    spec = ObjectiveSpec("a test", f"{__name__}:throwaway_objective", 0.5, "gold", candidate_fields=lambda cfg: ["score"])
+    monkeypatch.setitem(OBJECTIVES, "throwaway", spec)
+    cfg = LossConfig(objective="throwaway")
+    assert mle_settings(cfg) == (0.5, "gold")
+    assert required_candidate_fields(cfg) == ["score"]
+    logps, mask, rank_mask, gold_mask, rank_scores, _ = make_inputs(5)
+    out = objective_loss(logps, mask, rank_mask, gold_mask, cfg, rank_scores=rank_scores)
+    s = out.scores
+    assert float(out.rank) == pytest.approx(float((s[:, 1] - s[:, 0]).mean()))
+    gold = objective_loss(logps, mask, rank_mask, gold_mask, LossConfig(objective="tuna", mle_target="gold", rank_weight=0.0))
+    assert float(out.mle) == pytest.approx(float(gold.mle)) and float(out.loss) == pytest.approx(0.5 * float(out.mle) + float(out.rank))
+    with pytest.raises(ValueError, match=r"loss\.objective must be one of .*\| lipo \| throwaway, got 'ppo'"):
+        LossConfig(objective="ppo")
 
 
 @pytest.mark.parametrize(("knobs", "field"), [

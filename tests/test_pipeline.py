@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tuna.errors import TunaError
+from tuna.objectives import OBJECTIVES
 from tuna_recipes.pipeline.config import PipelineConfig, build_config, set_dotted
 from tuna_recipes.pipeline.sweep import expand_grid, run_label
 
@@ -91,6 +92,10 @@ def test_sweep_two_knob_grid(shared_data, tmp_path):
 
 def test_config_helpers():
     assert expand_grid({"a": [1, 2], "b": ["x"]}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
+    every = expand_grid({"prob_rank.loss.objective": "all", "prob_rank.optim.lr": [1e-5]})
+    assert [r["prob_rank.loss.objective"] for r in every] == list(OBJECTIVES) and len(every) == len(OBJECTIVES) >= 8
+    with pytest.raises(TunaError, match=r"field 'grid.prob_rank.loss.margin'"):
+        expand_grid({"prob_rank.loss.margin": "all"})
     assert run_label({"prob_rank.loss.margin": 0.1}) == "margin=0.1"
     d = {"prob_rank": {"loss": {"margin": 0.1}}}
     set_dotted(d, "prob_rank.loss.margin", 0.3)
@@ -126,8 +131,8 @@ def test_every_experiment_config_is_valid(path):
         base = build_config(yaml.safe_load((REPO / sw.base).read_text())) if sw.base else PipelineConfig()
         from dataclasses import asdict
 
-        runs = list(sw.arms.values()) or [{k: vs[0] for k, vs in sw.grid.items()}]
-        for overrides in runs:  # every arm (or the grid's first run) builds a valid pipeline config
+        runs = list(sw.arms.values()) or expand_grid(sw.grid)
+        for overrides in runs:  # every arm (or every run of the grid) builds a valid pipeline config
             d = json.loads(json.dumps(asdict(base)))
             for k, v in {**sw.set, **overrides}.items():
                 set_dotted(d, k, v)

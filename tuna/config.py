@@ -7,19 +7,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tuna.objectives import OBJECTIVES, MleTarget
 from tuna.prompts import TemplateName
 
 Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"]
 Regularizer = Literal["none", "copies", "mle_only", "top_candidate"]
 Strategy = Literal["auto", "ddp", "fsdp", "deepspeed"]
 PairReduction = Literal["per_distance_mean", "all_pairs_sum"]
-MleTarget = Literal["all", "best", "gold"]
 MarginScaling = Literal["rank_distance", "constant"]
 LogprobMode = Literal["auto", "full", "chunked", "packed", "prefix_shared"]
-Objective = Literal["tuna", "rrhf", "pro", "listmle", "dpo", "ipo", "simpo"]
+Objective = Literal[tuple(OBJECTIVES)]  # type: ignore[valid-type]  # the registry's keys: jsonargparse's choices
 Ties = Literal["ordered", "skip"]
 PairSelection = Literal["all", "adjacent"]
-OBJECTIVE_NAMES = ("tuna", "rrhf", "pro", "listmle", "dpo", "ipo", "simpo")
 
 
 @dataclass
@@ -96,7 +95,7 @@ class LossConfig:
     """The training objective and its knobs (defaults reproduce the released Tuna code; docs/objectives.md)."""
 
     objective: Objective = "tuna"
-    """tuna (margin hinge + MLE, the paper) | rrhf | pro | listmle | dpo | ipo | simpo (tuna.losses.OBJECTIVES)."""
+    """tuna (margin hinge + MLE, the paper) or another entry of tuna.objectives.OBJECTIVES (docs/objectives.md)."""
     ties: Ties = "ordered"
     """Candidates with equal ranker scores: ordered (by their position in the file, as the released code's stable
     sort does) | skip (never compared with each other; see docs/objectives.md for each objective's rule)."""
@@ -109,16 +108,16 @@ class LossConfig:
     beta: float = 1.0
     """Length-normalisation exponent of the student's score sum/len**beta (tuna, rrhf, pro, listmle, simpo)."""
     mle_weight: float | None = None
-    """λ: weight of the MLE (SFT) term. None: the objective's own (tuna 1.0, rrhf 1.0, pro 0.05, others 0)."""
+    """λ: weight of the MLE (SFT) term. None: the objective's own (its entry in tuna.objectives.OBJECTIVES)."""
     mle_target: MleTarget | None = None
-    """all | best | gold: the responses of the MLE term. None: the objective's own (tuna all, others best)."""
+    """all | best | gold: the responses of the MLE term. None: the objective's own (its entry in OBJECTIVES)."""
     rank_weight: float = 1.0
     """Weight of the ranking/preference term (0 turns the stage into plain MLE, as SFT)."""
     pairs: PairSelection = "all"
-    """Pairs a ranking implies for the pairwise objectives dpo, ipo, simpo: all (every better/worse pair) |
-    adjacent (neighbouring ranks only)."""
+    """Pairs a ranking implies for the pairwise objectives (whose entry reads them: dpo, ipo, simpo): all (every
+    better/worse pair) | adjacent (neighbouring ranks only)."""
     dpo_beta: float = 0.1
-    """β of DPO: the scale of the implicit reward β·log(π/π_ref) (dpo)."""
+    """β of DPO: the scale of the implicit reward β·log(π/π_ref) (dpo; lipo, whose scores are these rewards)."""
     ipo_tau: float = 0.1
     """τ of IPO: the target gap of the length-averaged log-ratio margin is 1/(2τ) (ipo)."""
     simpo_beta: float = 2.0
@@ -130,8 +129,8 @@ class LossConfig:
     fixed T > 0 (logits s/T) (pro)."""
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVE_NAMES:
-            raise ValueError(f"loss.objective must be one of {' | '.join(OBJECTIVE_NAMES)}, got {self.objective!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"loss.objective must be one of {' | '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.ties not in ("ordered", "skip"):
             raise ValueError(f"loss.ties must be ordered | skip, got {self.ties!r}")
         if self.pair_reduction not in ("per_distance_mean", "all_pairs_sum"):

@@ -15,9 +15,9 @@ Two reductions of the pairs (docs/fidelity.md, row "rank-loss"):
 MLE targets: ``all`` (released code: token mean over every candidate's response tokens), ``best`` (the
 top-ranked candidate), ``gold`` (the reference response, carried in an extra slot that does not rank).
 
-Other ways to learn from the same ranked sets sit beside it in one registry, :data:`OBJECTIVES`, selected by
-``loss.objective`` (RRHF, PRO, ListMLE, DPO, IPO, SimPO; docs/objectives.md has the table). Each is a pure
-function over ``[B, N]`` score tensors and masks. Ties between candidates with equal ranker scores are either
+Other ways to learn from the same ranked sets sit beside it, selected by ``loss.objective``: each is a pure
+function over ``[B, N]`` score tensors and masks (``*_objective`` below, over :class:`ObjectiveInputs`) with one
+entry in the registry :data:`tuna.objectives.OBJECTIVES` (docs/objectives.md has the table). Ties between candidates with equal ranker scores are either
 ordered by position (``loss.ties: ordered``, the released code's behaviour) or never compared (``skip``): see
 :func:`tie_groups` and :func:`preference_pairs`.
 """
@@ -38,6 +38,7 @@ from tuna.config import (  # noqa: F401  (re-exported)
     PairSelection,
     Ties,
 )
+from tuna.objectives import OBJECTIVES, ObjectiveSpec  # noqa: F401  (re-exported)
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_rows: int = 1024) -> torch.Tensor:
@@ -378,39 +379,150 @@ def simpo_loss(scores: torch.Tensor, pairs: torch.Tensor, beta: float, gamma: fl
     return _pair_mean(-F.logsigmoid(margin), pairs)
 
 
-@dataclass(frozen=True)
-class ObjectiveSpec:
-    """What an objective needs and its own MLE term (used where ``loss.mle_weight``/``mle_target`` are None)."""
-
-    paper: str
-    mle_weight: float
-    mle_target: MleTarget
-    needs_reference: bool = False
+# ----------------------------------------------------------------------------------------------- LiPO-λ
 
 
-OBJECTIVES: dict[str, ObjectiveSpec] = {
-    # the released code: L = 1.0 · MLE(all candidates) + hinge (custom.py, `mle_weight * output.loss + loss`)
-    "tuna": ObjectiveSpec("Li et al. 2023, Tuna", 1.0, "all"),
-    # RRHF train.sh `--rrhf_weight 1`: L = L_rank + L_ft, L_ft on the best-rewarded response
-    "rrhf": ObjectiveSpec("Yuan et al. 2023, RRHF", 1.0, "best"),
-    # PRO train_hh.sh `--sft_weight 0.05`, scaled by (N-1)² on the summed NLL (pro_sft_loss)
-    "pro": ObjectiveSpec("Song et al. 2023, PRO", 0.05, "best"),
-    "listmle": ObjectiveSpec("Xia et al. 2008, ListMLE", 0.0, "best"),
-    "dpo": ObjectiveSpec("Rafailov et al. 2023, DPO", 0.0, "best", needs_reference=True),
-    "ipo": ObjectiveSpec("Azar et al. 2023, IPO", 0.0, "best", needs_reference=True),
-    "simpo": ObjectiveSpec("Meng et al. 2024, SimPO", 0.0, "best"),
-}
+def lipo_labels(rank_scores: torch.Tensor | None, candidate_mask: torch.Tensor, groups: torch.Tensor, ties: Ties,
+                ) -> torch.Tensor:
+    """[B, N] LiPO's graded labels ψ (0 on padding).
+
+    ``ties: skip``: the ranker's scores, in each record whose real candidates all have one (equal scores are equal
+    labels, never a pair: LiPO sums over ψ_i > ψ_j). Otherwise (``ties: ordered``, whose ranking is the file order,
+    or a record with an unknown score): from the rank positions, each candidate's share of wins against the others of
+    its record, a tie counting half: ``(n − 1 − p_k) / (n − 1)`` with ``p_k`` the mean position of its tie group
+    (``groups``), so 1 for the best and 0 for the worst of a strict ranking, in [0, 1] like a verifier's scores."""
+    n = candidate_mask.sum(-1, keepdim=True).float()
+    labels = (n - 1.0 - group_positions(groups)) / (n - 1.0).clamp_min(1.0)
+    if ties == "skip" and rank_scores is not None:
+        scored = (~torch.isnan(rank_scores) | ~candidate_mask).all(-1, keepdim=True)
+        labels = torch.where(scored, rank_scores.float(), labels)
+    return labels.masked_fill(~candidate_mask, 0.0)
+
+
+def lipo_lambda_weights(rewards: torch.Tensor, labels: torch.Tensor, candidate_mask: torch.Tensor) -> torch.Tensor:
+    """[B, N, N] LiPO-λ's Lambda weights ``Δ_ij = |G_i − G_j| · |1/D(τ_i) − 1/D(τ_j)|`` (Liu et al. 2024, section
+    "LiPO-λ"), gain ``G = 2^ψ − 1``, discount ``D(τ) = log2(1 + τ)``, ``τ_i`` the 1-based rank of candidate i when its
+    record's real candidates are sorted by ``rewards``, best first (the permutation the scores induce).
+
+    Equal rewards are ranked by position (a stable sort): at step 0, where π = π_ref and every reward is 0, τ is the
+    given ranking (an average rank would give every pair the weight 0, and nothing would train). The weights carry
+    no gradient (τ is piecewise constant in the rewards; the labels are data)."""
+    b, n = rewards.shape
+    with torch.no_grad():
+        r = rewards.detach().float().masked_fill(~candidate_mask, float("-inf"))  # padding ranks last
+        order = torch.sort(r, dim=-1, descending=True, stable=True).indices
+        ranks = torch.arange(1, n + 1, device=rewards.device, dtype=torch.float32).expand(b, n)
+        tau = torch.empty_like(ranks).scatter_(1, order, ranks)
+        inv_discount = 1.0 / torch.log2(1.0 + tau)
+        gain = torch.exp2(labels.float()) - 1.0
+        return (gain[:, :, None] - gain[:, None, :]).abs() * (inv_discount[:, :, None] - inv_discount[:, None, :]).abs()
+
+
+def lipo_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, labels: torch.Tensor, candidate_mask: torch.Tensor,
+              pairs: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """LiPO-λ (Liu et al. 2024, "LiPO: Listwise Preference Optimization through Learning-to-Rank", arXiv 2402.01878,
+    section "LiPO-λ"): the Lambda-weighted pairwise logistic loss on DPO's implicit rewards
+    ``s = β·(log π − log π_ref)`` (log-probs summed over response tokens),
+
+        L = Σ_{(i, j): ψ_i > ψ_j} Δ_ij · log(1 + e^{−(s_i − s_j)}) = Σ Δ_ij · −log σ(s_i − s_j),
+
+    with the weights of :func:`lipo_lambda_weights`, summed over a record's pairs (``pairs``: i above j) and averaged
+    over records (the paper's expectation over lists). Returns ``(loss, rewards)``."""
+    rewards = beta * (policy_logps - ref_logps)
+    delta = lipo_lambda_weights(rewards, labels, candidate_mask).to(rewards.dtype)
+    logistic = -F.logsigmoid(rewards[:, :, None] - rewards[:, None, :])  # [b, i, j]: −log σ(s_i − s_j)
+    per_record = torch.where(pairs, delta * logistic, torch.zeros_like(logistic)).sum((1, 2))
+    return per_record.mean(), rewards
+
+
+# ----------------------------------------------------------------------------------------------- the registry's functions
+
+
+@dataclass
+class ObjectiveInputs:
+    """What an objective's function reads: a batch's ranked slots, prepared once by :func:`objective_loss`."""
+
+    token_logps: torch.Tensor
+    """[B, N, T] per-token log-probs of each ranked slot's response."""
+    token_mask: torch.Tensor
+    """[B, N, T] its response tokens."""
+    scores: torch.Tensor
+    """[B, N] ``s = Σ log π / |y|^β`` (``loss.beta``)."""
+    candidate_mask: torch.Tensor
+    """[B, N] real candidates (records with fewer are padded)."""
+    groups: torch.Tensor
+    """[B, N] tie groups under ``loss.ties`` (:func:`tie_groups`)."""
+    pairs: torch.Tensor
+    """[B, N, N] i ranked above j under ``loss.ties`` (and ``loss.pairs`` for the objectives that read it)."""
+    rank_scores: torch.Tensor | None
+    """[B, N] the ranker's scores (NaN: unknown)."""
+    ref_logps: torch.Tensor | None
+    """[B, N] the reference model's summed log-probs (NaN: missing)."""
+
+    @property
+    def sums(self) -> torch.Tensor:
+        """[B, N] the summed log-probs ``Σ log π``."""
+        return (self.token_logps * self.token_mask).sum(-1)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """[B, N] response token counts."""
+        return self.token_mask.sum(-1)
+
+    def reference(self, objective: str) -> torch.Tensor:
+        """[B, N] the reference log-probs, refusing a batch where a real candidate has none."""
+        if self.ref_logps is None or bool(torch.isnan(self.ref_logps[self.candidate_mask]).any()):
+            raise ValueError(f"loss.objective={objective} needs the reference log-probs of every candidate")
+        return torch.nan_to_num(self.ref_logps.to(self.scores.dtype))
+
+
+ObjectiveTerm = tuple[torch.Tensor, torch.Tensor | None]
+"""An objective function's result: its term and its own per-candidate rewards (None: it has none)."""
+
+
+def tuna_objective(x: ObjectiveInputs, cfg: LossConfig) -> ObjectiveTerm:
+    groups = x.groups if cfg.ties == "skip" and x.rank_scores is not None else None
+    return ranking_loss(x.scores, cfg.margin, cfg.pair_reduction, x.candidate_mask, cfg.margin_scaling, groups=groups), None
+
+
+def rrhf_objective(x: ObjectiveInputs, cfg: LossConfig) -> ObjectiveTerm:
+    return rrhf_loss(x.scores, x.pairs), None
+
+
+def pro_objective(x: ObjectiveInputs, cfg: LossConfig) -> ObjectiveTerm:
+    rs = x.rank_scores
+    if cfg.pro_temperature == "dynamic" and (rs is None or bool(torch.isnan(rs[x.candidate_mask]).any())):
+        raise ValueError("loss.pro_temperature=dynamic needs every candidate's ranker score")
+    weights = pro_weights(rs if rs is not None else x.scores.detach(), x.pairs, cfg.pro_temperature)
+    return plackett_luce_loss(x.scores, x.pairs, weights), None
+
+
+def listmle_objective(x: ObjectiveInputs, cfg: LossConfig) -> ObjectiveTerm:
+    return plackett_luce_loss(x.scores, x.pairs), None
+
+
+def dpo_objective(x: ObjectiveInputs, cfg: LossConfig) -> ObjectiveTerm:
+    return dpo_loss(x.sums, x.reference("dpo"), x.pairs, cfg.dpo_beta)
+
+
+def ipo_objective(x: ObjectiveInputs, cfg: LossConfig) -> ObjectiveTerm:
+    return ipo_loss(x.sums, x.reference("ipo"), x.lengths, x.pairs, cfg.ipo_tau)
+
+
+def simpo_objective(x: ObjectiveInputs, cfg: LossConfig) -> ObjectiveTerm:
+    return simpo_loss(x.scores, x.pairs, cfg.simpo_beta, cfg.simpo_gamma), None
+
+
+def lipo_objective(x: ObjectiveInputs, cfg: LossConfig) -> ObjectiveTerm:
+    # x.pairs are LiPO's pairs ψ_i > ψ_j: ranked sets are sorted by score (tuna.records), tied scores share a group
+    # under skip, and the rank-derived labels fall from group to group
+    labels = lipo_labels(x.rank_scores, x.candidate_mask, x.groups, cfg.ties)
+    return lipo_loss(x.sums, x.reference("lipo"), labels, x.candidate_mask, x.pairs, cfg.dpo_beta)
 
 
 def required_candidate_fields(cfg: LossConfig) -> list[str]:
     """The candidate fields every training record must carry for this objective (empty for most)."""
-    if not cfg.rank_weight:
-        return []
-    if OBJECTIVES[cfg.objective].needs_reference:
-        return ["ref_logprob"]
-    if cfg.objective == "pro" and cfg.pro_temperature == "dynamic":
-        return ["score"]
-    return []
+    return OBJECTIVES[cfg.objective].candidate_fields(cfg) if cfg.rank_weight else []
 
 
 def objective_loss(
@@ -423,50 +535,32 @@ def objective_loss(
     rank_scores: torch.Tensor | None = None,
     ref_logps: torch.Tensor | None = None,
 ) -> LossOutput:
-    """``L = mle_weight · L_MLE + rank_weight · L_objective`` for ``cfg.objective``.
+    """``L = mle_weight · L_MLE + rank_weight · L_objective`` for ``cfg.objective`` (its entry in ``OBJECTIVES``).
 
     Shapes as :func:`tuna_loss`; ``rank_scores [B, S]`` the ranker's scores (NaN: unknown), ``ref_logps [B, S]`` the
-    reference model's summed log-probs of each candidate (NaN: missing; dpo and ipo need them)."""
-    if cfg.objective == "tuna":
-        return tuna_loss(token_logps, token_mask, rank_mask, gold_mask, cfg, rank_scores)
+    reference model's summed log-probs of each candidate (NaN: missing; the objectives that read ``ref_logprob``
+    need them)."""
+    spec = OBJECTIVES[cfg.objective]
     n_rank = int(rank_mask.sum(-1).max().item()) if rank_mask.numel() else 0
     cmask = rank_mask[:, :n_rank]
     scores = sequence_scores(token_logps, token_mask, cfg.beta)[:, :n_rank]
     rs = rank_scores[:, :n_rank] if rank_scores is not None else None
     groups = tie_groups(rs, cmask, cfg.ties)
-    pairs = preference_pairs(cmask, groups, cfg.pairs if cfg.objective in ("dpo", "ipo", "simpo") else "all")
-    rewards = None
+    pairs = preference_pairs(cmask, groups, cfg.pairs if spec.reads_pairs else "all")
     zero = scores.new_zeros(())
-    rank = zero
+    rank, rewards = zero, None
     if cfg.rank_weight:
-        if cfg.objective == "rrhf":
-            rank = rrhf_loss(scores, pairs)
-        elif cfg.objective in ("pro", "listmle"):
-            weights = None
-            if cfg.objective == "pro":
-                if cfg.pro_temperature == "dynamic" and (rs is None or bool(torch.isnan(rs[cmask]).any())):
-                    raise ValueError("loss.pro_temperature=dynamic needs every candidate's ranker score")
-                weights = pro_weights(rs if rs is not None else scores.detach(), pairs, cfg.pro_temperature)
-            rank = plackett_luce_loss(scores, pairs, weights)
-        elif cfg.objective in ("dpo", "ipo"):
-            if ref_logps is None or bool(torch.isnan(ref_logps[:, :n_rank][cmask]).any()):
-                raise ValueError(f"loss.objective={cfg.objective} needs the reference log-probs of every candidate")
-            ref = torch.nan_to_num(ref_logps[:, :n_rank].to(scores.dtype))
-            sums = (token_logps * token_mask).sum(-1)[:, :n_rank]
-            if cfg.objective == "dpo":
-                rank, rewards = dpo_loss(sums, ref, pairs, cfg.dpo_beta)
-            else:
-                rank, rewards = ipo_loss(sums, ref, token_mask.sum(-1)[:, :n_rank], pairs, cfg.ipo_tau)
-        elif cfg.objective == "simpo":
-            rank = simpo_loss(scores, pairs, cfg.simpo_beta, cfg.simpo_gamma)
-        else:
-            raise ValueError(f"unknown objective {cfg.objective!r}")
+        x = ObjectiveInputs(token_logps=token_logps[:, :n_rank], token_mask=token_mask[:, :n_rank], scores=scores,
+                            candidate_mask=cmask, groups=groups, pairs=pairs, rank_scores=rs,
+                            ref_logps=ref_logps[:, :n_rank] if ref_logps is not None else None)
+        rank, rewards = spec.function()(x, cfg)
     mle_weight, mle_target = mle_settings(cfg)
     slots = mle_slots(rank_mask, gold_mask, mle_target)
+    own_mle = spec.mle_function()
     if not mle_weight:
         mle, mle_term = zero, zero
-    elif cfg.objective == "pro":
-        mle_term, mle = pro_sft_loss(token_logps, token_mask, slots, rank_mask.sum(-1))
+    elif own_mle is not None:
+        mle_term, mle = own_mle(token_logps, token_mask, slots, rank_mask.sum(-1))
     else:
         mle = mle_term = mle_loss(token_logps, token_mask, slots)
     loss = mle_weight * mle_term + cfg.rank_weight * rank

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tuna.errors import TunaError
+from tuna.objectives import OBJECTIVES
 from tuna.records import atomic_write_json
 from tuna_recipes.pipeline.config import PipelineConfig, build_config, set_dotted
 from tuna_recipes.pipeline.manifest import Manifest
@@ -20,9 +21,19 @@ from tuna_recipes.pipeline.report import make_sweep_report
 from tuna_recipes.pipeline.run import run_pipeline
 
 
-def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+def grid_values(key: str, values: list[Any] | str) -> list[Any]:
+    """A grid key's values: its list, or for a ``*.loss.objective`` key ``all``, every registered objective (the
+    keys of ``tuna.objectives.OBJECTIVES``, so a new objective joins the objective sweep without an edit here)."""
+    if isinstance(values, list):
+        return values
+    if values == "all" and key.endswith("loss.objective"):
+        return list(OBJECTIVES)
+    raise TunaError(f"a list of values (or `all` for a *.loss.objective key), got {values!r}", field=f"grid.{key}")
+
+
+def expand_grid(grid: dict[str, list[Any] | str]) -> list[dict[str, Any]]:
     keys = list(grid)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid_values(k, grid[k]) for k in keys))]
 
 
 def run_label(overrides: dict[str, Any]) -> str:
@@ -62,9 +73,10 @@ class SweepConfig:
 
     base: str | None = None
     """A pipeline YAML (default: the embedded demo settings)."""
-    grid: dict[str, list[Any]] = field(default_factory=lambda: {"prob_rank.loss.margin": [0.0, 0.1],
-                                                                  "prob_rank.loss.mle_weight": [0.0, 1.0]})
-    """Dotted pipeline keys → values, e.g. {prob_rank.loss.margin: [0.0, 0.1]}."""
+    grid: dict[str, list[Any] | str] = field(default_factory=lambda: {"prob_rank.loss.margin": [0.0, 0.1],
+                                                                        "prob_rank.loss.mle_weight": [0.0, 1.0]})
+    """Dotted pipeline keys → values, e.g. {prob_rank.loss.margin: [0.0, 0.1]}; {prob_rank.loss.objective: all}: every
+    registered objective."""
     set: dict[str, Any] = field(default_factory=dict)
     """Fixed overrides for every run (e.g. {variants: [tuna_p], evaluate: [tuna_p]})."""
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)
