@@ -9,7 +9,7 @@ from typing import Any
 
 from evaluation import protocol
 from evaluation.verifiable import SplitSizes
-from tuna.errors import TunaError
+from tuna.errors import EmptyOutputError, TunaError
 from tuna.hashing import file_hash
 from tuna.paths import data_file
 
@@ -69,6 +69,8 @@ def rank(input: str, out: str, by: str = "task", limit: int | None = None, offse
             o, t = count_pairs([c.score or 0.0 for c in ranked.candidates])
             ordered, tied = ordered + o, tied + t
             app.write(ranked)
+        if not app.done_ids:  # every set to do is written (or raises naming its record): only an empty slice gets here
+            raise EmptyOutputError(f"rank ({by})", out=out, todo=len(todo), noun="candidate sets", done="ranked", reasons={})
     share = f"{100 * tied / (ordered + tied):.1f} %" if ordered + tied else "-"
     print(f"rank ({by}): {len(todo)} ranked ({len(records) - len(todo)} already done), {ordered} ordered and {tied} tied "
           f"candidate pairs ({share} tied) in {time.monotonic() - t0:.1f} s -> {out}")
