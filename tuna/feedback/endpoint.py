@@ -17,9 +17,12 @@ httpx2), which asks the endpoint's :class:`EndpointHealth`:
 * **Other transport errors** (a reset after connecting, a truncated body, a read timeout) go back to the openai
   client, which retries them with its back-off as before.
 
-:class:`EndpointDown` is an ``openai.OpenAIError`` (the openai client re-raises those at once, without retrying)
-and a :class:`tuna.errors.TunaError` (one line for the user). Callers let it propagate: it is never turned into a
-per-request reply, so nothing is written to a failures file or cached for the requests it stopped.
+:class:`EndpointDown` is an ``openai.OpenAIError`` (openai >= 2.31 re-raises those at once, without retrying; older
+releases retry any error from the HTTP client with their back-off, each retry stopping at once, and then wrap it in
+``APIConnectionError``: callers unwrap it, so the stop comes ~27 s later at ``max_retries=6``; checked by hand with
+openai 1.40 on httpx and 3.63 on httpx2) and a :class:`tuna.errors.TunaError` (one line for the user). Callers let
+it propagate: it is never turned into a per-request reply, so nothing is written to a failures file or cached for
+the requests it stopped.
 """
 
 from __future__ import annotations

@@ -74,7 +74,10 @@ class ServerProcess:
                  log_path: str | os.PathLike | None = None, restarts: int = 1):
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix=f"{self.kind.replace(' ', '_')}.", suffix=".log")[1])
+        if log_path is None:
+            fd, log_path = tempfile.mkstemp(prefix=f"{self.kind.replace(' ', '_')}.", suffix=".log")
+            os.close(fd)
+        self.log_path = Path(log_path)
         self.restarts = restarts
         self.restarts_left = restarts
         self.generation = 0
