@@ -11,6 +11,7 @@ from typing import Any
 
 from evaluation.predictions import generation_settings
 from tuna.errors import TunaError
+from tuna.feedback.config import UNREACHABLE_TIMEOUT
 from tuna.paths import data_dir, data_file
 
 log = logging.getLogger("tuna.eval")
@@ -239,6 +240,7 @@ def eval_vicuna(
     judge_concurrency: int = 4,
     judge_timeout: float = 120.0,
     judge_max_retries: int = 6,
+    judge_unreachable_timeout: float = UNREACHABLE_TIMEOUT,
     judge_max_tokens: int | None = None,
     judge_grammar: str = "none",
     max_cost: float | None = None,
@@ -280,6 +282,7 @@ def eval_vicuna(
         judge_concurrency: Parallel judge requests.
         judge_timeout: Seconds per judge request.
         judge_max_retries: Retries per judge request (429/5xx/timeouts, exponential back-off).
+        judge_unreachable_timeout: Stop when no connection to the judge has succeeded for this many seconds.
         judge_max_tokens: Override the reviewer's max_tokens (1024).
         max_cost: Stop sending judge requests beyond this many dollars.
         price_per_1k_prompt: Judge price per 1k prompt tokens (for the ledger / budget).
@@ -351,6 +354,7 @@ def eval_vicuna(
     client_kwargs: dict[str, Any] = dict(base_url=judge_base_url, api_key_env=judge_api_key_env, api_key_file=judge_api_key_file,
                                          cache_dir=cache_dir or str(Path(out_root) / "judge_cache"),
                                          concurrency=judge_concurrency, timeout=judge_timeout, max_retries=judge_max_retries,
+                                         unreachable_timeout=judge_unreachable_timeout,
                                          price_per_1k_prompt=price_per_1k_prompt,
                                          price_per_1k_completion=price_per_1k_completion, max_cost=max_cost)
     if judge_backend != "openai":

@@ -9,7 +9,7 @@ from typing import Any
 
 from evaluation import protocol
 from evaluation.verifiable import SplitSizes
-from tuna.errors import TunaError
+from tuna.errors import EmptyOutputError, TunaError
 from tuna.hashing import file_hash
 from tuna.paths import data_file
 
@@ -75,6 +75,8 @@ def rank(input: str, out: str, by: str = "task", limit: int | None = None, offse
             ordered, tied = ordered + o, tied + t
             app.write(ranked)
             ranked_now.append(ranked)
+        if not app.done_ids:  # every set to do is written (or raises naming its record): only an empty slice gets here
+            raise EmptyOutputError(f"rank ({by})", out=out, todo=len(todo), noun="candidate sets", done="ranked", reasons={})
     share = f"{100 * tied / (ordered + tied):.1f} %" if ordered + tied else "-"
     agreement = ""
     if flip:

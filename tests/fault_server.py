@@ -295,3 +295,25 @@ class FaultServer:
         if self._is_review(messages):
             return "Both assistants did fine, I cannot pick scores.\nNo numbers here."
         return "All of the responses are reasonable; I would not rank them."
+
+
+def serve(port: int, rate: float = 0.0, latency_s: float = 0.0, seed: int = 0) -> None:
+    """Serve on 127.0.0.1:``port`` until killed: the fault server as a child process (tests of the endpoint watch
+    kill it by its pid)."""
+    srv = FaultServer(rate=rate, seed=seed, latency_s=latency_s)
+    srv._httpd = _Server(("127.0.0.1", port), _Handler)
+    srv._httpd.owner = srv
+    print(f"fault server on {srv.base_url}", flush=True)
+    srv._httpd.serve_forever(poll_interval=0.05)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=serve.__doc__)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--rate", type=float, default=0.0)
+    ap.add_argument("--latency_s", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    serve(a.port, a.rate, a.latency_s, a.seed)

@@ -272,6 +272,13 @@ class JsonlAppender:
         self.close()
 
 
+def failed_path_for(out: str | os.PathLike) -> Path:
+    """Where a step lists the records it could not produce, with the reason: ``<out>.failed.jsonl``."""
+    p = Path(out)
+    name = p.name[: -len(".jsonl")] if p.name.endswith(".jsonl") else p.name
+    return p.with_name(name + ".failed.jsonl")
+
+
 def write_records(path: str | os.PathLike, records: Iterable[Record]) -> None:
     atomic_write_text(path, "".join(r.dump() + "\n" for r in records))
 

@@ -5,7 +5,12 @@ Shared by ``tuna judge`` and the evaluation package (Vicuna QA judge).
 * **Cache**: ``diskcache`` keyed by a SHA-256 of (model, messages, temperature, max_tokens, top_p, seed). Only
   successful replies are stored, so a failed call is retried by the next run (unlike alpaca_eval #340).
 * **Retries**: the ``openai`` client's own back-off (``max_retries``): 429 (honours ``Retry-After``), 408/409,
-  5xx, timeouts and connection errors. Whatever still fails comes back as ``ChatReply(error=...)``.
+  5xx, timeouts and connection resets. Whatever still fails comes back as ``ChatReply(error=...)``.
+* **The endpoint watch** (:mod:`tuna.feedback.endpoint`): a server tuna started for ``base_url`` that dies is
+  restarted once and the request sent again; a second death, or an endpoint that refuses every connection for
+  ``unreachable_timeout`` seconds, raises :class:`tuna.feedback.endpoint.EndpointDown` out of ``complete_many``
+  (after the replies already in flight are delivered). It is never a ``ChatReply`` error: nothing is written as a
+  failed record or cached for the requests it stopped.
 * **Budget**: with ``max_cost`` set, a request is not sent when the money spent plus the estimated cost of
   the calls in flight and of this call would pass it; it comes back with ``error="budget"``. Cached replies
   are free and always returned.
@@ -29,6 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuna.errors import TunaError
+from tuna.feedback.config import UNREACHABLE_TIMEOUT
+from tuna.feedback.endpoint import EndpointDown, EndpointHealth, watched_openai
 from tuna.feedback.keys import read_api_key
 
 log = logging.getLogger(__name__)
@@ -113,6 +120,7 @@ class JudgeClient:
         hf_dtype: str = "auto",
         assistant_prefix: str = "",
         api_key_file: str | None = None,
+        unreachable_timeout: float = UNREACHABLE_TIMEOUT,
     ):
         self.model, self.base_url = model, base_url
         self.concurrency = max(1, concurrency)
@@ -128,14 +136,15 @@ class JudgeClient:
             import diskcache
 
             self._cache = diskcache.Cache(cache_dir)
+        self.health: EndpointHealth | None = None
         if backend == "openai":
-            from openai import OpenAI
-
             key = read_api_key(api_key_env, api_key_file)
             if not key and base_url is None:
                 raise TunaError(f"environment variable {api_key_env} is not set and no api_key_file given (needed for the OpenAI API)")
-            # The client does the retrying: exponential back-off with jitter, Retry-After honoured.
-            self._client = OpenAI(base_url=base_url, api_key=key or "none", max_retries=max_retries, timeout=timeout)
+            # The client does the retrying: exponential back-off with jitter, Retry-After honoured; the watch stops
+            # the run when the endpoint is gone.
+            self._client, self.health = watched_openai(base_url=base_url, api_key=key or "none", max_retries=max_retries,
+                                                       timeout=timeout, unreachable_timeout=unreachable_timeout)
             self._hf = None
             if assistant_prefix:
                 raise TunaError("assistant_prefix needs backend hf (chat APIs cannot prefill the reply)", field="assistant_prefix")
@@ -194,9 +203,13 @@ class JudgeClient:
                     # An empty reply is a server fault, not an answer: reported as an error, so it is not cached
                     # and the next run asks again.
                     return ChatReply(None, "empty reply", False, pt, ct, self._price(pt, ct))
+        except EndpointDown:
+            raise  # the step stops: not a failure of this request
         except openai.APIStatusError as e:
             return ChatReply(None, f"http {e.status_code}: {str(e)[:200]}", False, 0, 0, 0.0)
         except (openai.APIConnectionError, openai.APITimeoutError) as e:
+            if self.health is not None:
+                self.health.raise_if_down()  # openai releases that wrap the watch's error as a connection error
             return ChatReply(None, f"{type(e).__name__}: {str(e)[:200]}", False, 0, 0, 0.0)
         except openai.OpenAIError as e:
             return ChatReply(None, f"{type(e).__name__}: {str(e)[:200]}", False, 0, 0, 0.0)
@@ -241,12 +254,13 @@ class JudgeClient:
 
         in_flight_cost = 0.0
         pending: dict[Future, tuple[int, float, float]] = {}
+        down: EndpointDown | None = None
         t0 = time.monotonic()
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             it = iter(todo)
             exhausted = False
-            while pending or not exhausted:
-                while not exhausted and len(pending) < self.concurrency:
+            while pending or not (exhausted or down):
+                while not exhausted and down is None and len(pending) < self.concurrency:
                     i = next(it, None)
                     if i is None:
                         exhausted = True
@@ -267,7 +281,12 @@ class JudgeClient:
                 for fut in done:
                     i, est, _start = pending.pop(fut)
                     in_flight_cost -= est
-                    rep = fut.result()
+                    try:
+                        rep = fut.result()
+                    except EndpointDown as e:
+                        # Send nothing more; the replies still in flight are delivered (nothing computed is lost).
+                        down = down or e
+                        continue
                     with self._lock:
                         self._ledger["calls"] += 1
                         self._ledger["prompt_tokens"] += rep.prompt_tokens
@@ -282,11 +301,15 @@ class JudgeClient:
         with self._lock:
             self._ledger["seconds"] += time.monotonic() - t0
         bar.close()
+        if down is not None:
+            raise down
         return [r for r in replies if r is not None] if all(r is not None for r in replies) else replies  # type: ignore[return-value]
 
     def close(self) -> None:
         if self._cache is not None:
             self._cache.close()
+        if self._client is not None:
+            self._client.close()
 
     def __enter__(self) -> JudgeClient:
         return self

@@ -19,6 +19,12 @@ from dataclasses import dataclass
 PAPER_JUDGE_SYSTEM_PROMPT = "You are a professional and experienced data annotator."
 """The released judge request's system message: gpt-eval.py L42 (microsoft/LMOps, tuna/src)."""
 
+UNREACHABLE_TIMEOUT = 30.0
+"""Seconds an endpoint may refuse every connection before the step stops (``unreachable_timeout``). Longer than the
+~21 s the openai client's own back-off spent on a connection error before (a brief network drop or proxy restart
+still passes), and a tenth of the 334 s the bug report lost on a dead judge; a server tuna started is watched by its
+process instead (a death is seen at once)."""
+
 
 @dataclass
 class GeneratorConfig:
@@ -44,6 +50,8 @@ class GeneratorConfig:
     """completions | chat (openai)."""
     concurrency: int = 4
     """Parallel requests (openai)."""
+    unreachable_timeout: float = UNREACHABLE_TIMEOUT
+    """Stop when no connection to the endpoint has succeeded for this many seconds (openai, llamacpp)."""
     n_ctx: int = 2048
     """Context size of the local llama.cpp server (llamacpp)."""
 
@@ -132,6 +140,9 @@ class EndpointConfig:
     """Retries per request (429/5xx/timeouts/connection errors, exponential back-off)."""
     timeout: float = 120.0
     """Seconds per request."""
+    unreachable_timeout: float = UNREACHABLE_TIMEOUT
+    """Stop when no connection to the endpoint has succeeded for this many seconds (openai, llamacpp); a local
+    llama.cpp server that dies is restarted once, a second death stops at once."""
     cache_dir: str | None = None
     """Reply cache (default $TUNA_CACHE/judge_cache)."""
     max_cost: float | None = None

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from tuna.errors import TunaError
+from tuna.feedback.config import UNREACHABLE_TIMEOUT
 from tuna.feedback.keys import read_api_key
 
 log = logging.getLogger(__name__)
@@ -298,7 +299,9 @@ class OpenAIGenerator:
     ``mode="completions"`` sends the prompt string; ``mode="chat"`` sends it as the user message. Servers that
     ignore ``n`` (llama.cpp returns one choice) are topped up with extra single calls with seeds ``seed+k``.
     The API key is read from ``api_key_file`` when given, else from the environment variable ``api_key_env``; it
-    is never logged or written."""
+    is never logged or written. Every attempt is watched (:mod:`tuna.feedback.endpoint`): a server tuna started for
+    ``base_url`` that dies is restarted once, and a second death or an endpoint that refuses every connection for
+    ``unreachable_timeout`` seconds stops ``generate`` with :class:`tuna.feedback.endpoint.EndpointDown`."""
 
     model: str
     base_url: str | None = None
@@ -312,9 +315,11 @@ class OpenAIGenerator:
     send_top_k: bool = False
     """Send ``top_k`` (a field llama.cpp and vLLM servers accept; the OpenAI API does not). llama.cpp's server
     otherwise samples with its own default top_k of 40."""
+    unreachable_timeout: float = UNREACHABLE_TIMEOUT
+    """Stop when no connection to the endpoint has succeeded for this many seconds."""
 
     def __post_init__(self) -> None:
-        from openai import OpenAI
+        from tuna.feedback.endpoint import watched_openai
 
         if self.mode not in ("completions", "chat"):
             raise TunaError(f"unknown mode {self.mode!r} (completions | chat)", field="mode")
@@ -322,8 +327,10 @@ class OpenAIGenerator:
         if not key and self.base_url is None:
             raise TunaError(f"environment variable {self.api_key_env} is not set and no api_key_file given (needed for the OpenAI API)")
         self.name = self.name or self.model
-        # The client retries 429 (honouring Retry-After), 5xx, timeouts and connection errors with back-off.
-        self.client = OpenAI(base_url=self.base_url, api_key=key or "none", max_retries=self.max_retries, timeout=self.timeout)
+        # The client retries 429 (honouring Retry-After), 5xx, timeouts and connection resets with back-off; the
+        # watch stops the run when the endpoint is gone.
+        self.client, self.health = watched_openai(base_url=self.base_url, api_key=key or "none", max_retries=self.max_retries,
+                                                  timeout=self.timeout, unreachable_timeout=self.unreachable_timeout)
 
     def _call(self, prompt: str, params: SamplingParams, n: int, seed: int) -> list[Generation]:
         common: dict[str, Any] = dict(model=self.model, n=n, temperature=params.temperature, top_p=params.top_p,
@@ -364,6 +371,7 @@ class OpenAIGenerator:
             with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
                 return list(pool.map(lambda p: self._one_prompt(p, params), prompts))
         except openai.APIConnectionError as e:
+            self.health.raise_if_down()  # openai releases that wrap the watch's error as a connection error
             raise TunaError(f"cannot reach the server at {self.base_url or 'api.openai.com'}: {e}") from None
         except openai.APIStatusError as e:
             raise TunaError(f"server error {e.status_code}: {str(e)[:300]}") from None
@@ -420,7 +428,7 @@ class VLLMGenerator:
 
 def make_generator(backend: str, model: str, **kwargs: Any) -> Generator:
     """``backend``: ``hf`` (kwargs: device, dtype, batch_size, tokenizer), ``openai`` (base_url, api_key_env,
-    mode, concurrency, max_retries, timeout) or ``vllm`` (dtype, gpu_memory_utilization, engine_kwargs)."""
+    mode, concurrency, max_retries, timeout, unreachable_timeout) or ``vllm`` (dtype, gpu_memory_utilization, engine_kwargs)."""
     if backend == "hf":
         return HFGenerator(model, **kwargs)
     if backend == "openai":

@@ -28,10 +28,19 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from tuna.errors import TunaError
+from tuna.errors import EmptyOutputError, TunaError
 from tuna.feedback.config import JudgeConfig
 from tuna.prompts import alpaca_prompt, user_message
-from tuna.records import Candidate, JsonlAppender, Ranking, Record, atomic_write_json, atomic_write_text, positions
+from tuna.records import (
+    Candidate,
+    JsonlAppender,
+    Ranking,
+    Record,
+    atomic_write_json,
+    atomic_write_text,
+    failed_path_for,
+    positions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -311,19 +320,14 @@ def rank_record(
 # ----------------------------------------------------------------------------------------------- running a judge
 
 
-def failed_path_for(out: str) -> Path:
-    """Where the records a judge could not rank go: ``<out>.failed.jsonl``."""
-    p = Path(out)
-    name = p.name[: -len(".jsonl")] if p.name.endswith(".jsonl") else p.name
-    return p.with_name(name + ".failed.jsonl")
-
-
 def judge_candidates(records: list[Record], out: str, cfg: JudgeConfig, *, summary: str | None = None) -> str:
     """Rank each candidate set of ``records`` not yet in ``out`` with the judge ``cfg`` (``tuna judge``; the pipeline's
     contextual ranking). Replies are cached, calls retried and budgeted (:class:`tuna.feedback.client.JudgeClient`);
     a local llama.cpp judge is started for the run. Records whose replies cannot be read go to
     ``<out>.failed.jsonl`` and are asked again by the next run; a JSON summary goes to ``summary``
-    (default ``<out>.summary.json``)."""
+    (default ``<out>.summary.json``). A run after which ``out`` holds no ranked set raises
+    :class:`tuna.errors.EmptyOutputError` with the counts by reason; an endpoint that is gone raises
+    :class:`tuna.feedback.endpoint.EndpointDown` (nothing is written as failed for it)."""
     from tuna.feedback.client import ChatReply, ChatRequest, JudgeClient
     from tuna.feedback.sampling import quiet_http_logs
     from tuna.feedback.server import LlamaCppServer
@@ -433,7 +437,8 @@ def judge_candidates(records: list[Record], out: str, cfg: JudgeConfig, *, summa
                              cache_dir=cfg.cache_dir or str(cache_root() / "judge_cache"), concurrency=cfg.concurrency,
                              max_retries=cfg.max_retries, timeout=cfg.timeout, price_per_1k_prompt=cfg.price_per_1k_prompt,
                              price_per_1k_completion=cfg.price_per_1k_completion, max_cost=cfg.max_cost,
-                             backend="hf" if cfg.backend == "hf" else "openai", assistant_prefix=cfg.assistant_prefix)
+                             backend="hf" if cfg.backend == "hf" else "openai", assistant_prefix=cfg.assistant_prefix,
+                             unreachable_timeout=cfg.unreachable_timeout)
         # This run's failures (a re-run retries everything not yet in `out` anyway). Cleared only once the
         # client is set up, so a run that cannot start leaves the previous list as it was.
         atomic_write_text(failed_path, "")
@@ -459,6 +464,11 @@ def judge_candidates(records: list[Record], out: str, cfg: JudgeConfig, *, summa
         "records_per_s": len(todo) / dt if dt > 0 else 0.0,
     }
     atomic_write_json(summary or str(Path(out).with_suffix("")) + ".summary.json", summ)
+    if not app.done_ids:
+        # Stop here, saying why, rather than let the next step find an empty file.
+        raise EmptyOutputError("judge", out=out, todo=len(todo), noun="candidate sets", done="ranked",
+                               reasons=summ["failed_by_reason"], failures=failed_path,
+                               hint="the replies are kept there" if stats["unparseable"] else "")
     led = summ["ledger"] or {}
     print(f"judge: {summ['ranked']} ranked, {n_failed} failed {summ['failed_by_reason'] or ''} "
           f"({summ['already_done']} already done) | calls {led.get('calls', 0)}, cache hits {led.get('cached', 0)}, "

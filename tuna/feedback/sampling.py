@@ -2,7 +2,8 @@
 
 Output is appended one fsync'ed record at a time and ids already there are skipped, so a killed run resumes where
 it stopped and never duplicates a record. Each set keeps its sampler settings, seed and diversity statistics in
-``provenance``.
+``provenance``. A set whose samples are all empty is not written: it goes to ``<out>.failed.jsonl`` (sampled again
+by the next run), and a run after which the output holds nothing stops with the counts by reason.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import contextlib
 import logging
 import os
 import time
+from collections import Counter
 from typing import Any
 
-from tuna.errors import TunaError
+from tuna.errors import EmptyOutputError, TunaError
 from tuna.feedback.config import GeneratorConfig, SamplingConfig
-from tuna.records import Candidate, JsonlAppender, Record
+from tuna.records import Candidate, JsonlAppender, Record, atomic_write_text, failed_path_for
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,8 @@ def open_generator(gen: GeneratorConfig, stack: contextlib.ExitStack, *, logprob
         return make_generator("hf", gen.model, device=gen.device, dtype=gen.dtype, batch_size=gen.batch_size)
     if gen.backend == "openai":
         return make_generator("openai", gen.model, base_url=gen.base_url, api_key_env=gen.api_key_env,
-                              api_key_file=gen.api_key_file, mode=gen.mode, concurrency=gen.concurrency)
+                              api_key_file=gen.api_key_file, mode=gen.mode, concurrency=gen.concurrency,
+                              unreachable_timeout=gen.unreachable_timeout)
     if gen.backend == "llamacpp":
         if logprobs:
             raise TunaError("backend llamacpp samples without token log-probs (llama-cpp-python sorts the whole vocabulary in "
@@ -61,7 +64,8 @@ def open_generator(gen: GeneratorConfig, stack: contextlib.ExitStack, *, logprob
         from tuna.feedback.server import LlamaCppServer
 
         server = stack.enter_context(LlamaCppServer(gen.model, n_ctx=gen.n_ctx, seed=seed))
-        g = make_generator("openai", server.model, base_url=server.base_url, mode="completions", concurrency=1, send_top_k=True)
+        g = make_generator("openai", server.model, base_url=server.base_url, mode="completions", concurrency=1, send_top_k=True,
+                           unreachable_timeout=gen.unreachable_timeout)
         g.name = gen.model
         return g
     if gen.backend == "vllm":
@@ -71,7 +75,9 @@ def open_generator(gen: GeneratorConfig, stack: contextlib.ExitStack, *, logprob
 
 def sample_candidates(records: list[Record], out: str, gen: GeneratorConfig, cfg: SamplingConfig, *,
                       chunk_size: int = 8) -> str:
-    """Sample ``cfg.n`` candidates for each record not yet in ``out`` (candidate sets: ``ranking`` null)."""
+    """Sample ``cfg.n`` candidates for each record not yet in ``out`` (candidate sets: ``ranking`` null). Sets whose
+    samples are all empty go to ``<out>.failed.jsonl`` instead; :class:`tuna.errors.EmptyOutputError` if ``out``
+    holds nothing afterwards."""
     from tqdm.auto import tqdm
 
     from tuna.feedback.dedup import set_diversity
@@ -86,8 +92,14 @@ def sample_candidates(records: list[Record], out: str, gen: GeneratorConfig, cfg
         todo = [r for r in records if r.id not in app.done_ids]
         log.info("sample: %d records, %d already in %s, %d to do", len(records), len(records) - len(todo), out, len(todo))
         if not todo:
+            if not app.done_ids:
+                raise EmptyOutputError("sample", out=out, todo=0, noun="instructions", done="sampled", reasons={})
             return out
         generator = open_generator(gen, stack, logprobs=cfg.logprobs, seed=cfg.seed)
+        failed_path = failed_path_for(out)
+        atomic_write_text(failed_path, "")  # this run's failures (a re-run samples everything not yet in `out`)
+        fail_app = stack.enter_context(JsonlAppender(failed_path))
+        failed: Counter = Counter()
         tok = getattr(generator, "tokenizer", None)
         if cfg.template == "chat" and tok is None:
             from tuna.models import load_tokenizer
@@ -120,6 +132,13 @@ def sample_candidates(records: list[Record], out: str, gen: GeneratorConfig, cfg
                 if not need or cfg.temperature <= 0:  # greedy sets cannot be diversified by temperature
                     break
             for rec, (mean_r, max_r, gens, trials, temp) in zip(chunk, best):
+                if not any(g.text.strip() for g in gens):
+                    # Nothing to rank or train on: listed with the reason, sampled again by the next run.
+                    reason = "all samples empty" if gens else "no samples returned"
+                    failed[reason] += 1
+                    fail_app.write({"id": rec.id, "reason": reason, "model": generator.name, "backend": gen.backend,
+                                    "finish_reasons": [g.finish_reason for g in gens]})
+                    continue
                 cands = [Candidate(text=g.text, token_logprobs=g.token_logprobs, source=generator.name) for g in gens]
                 prov = dict(rec.provenance)
                 prov["sampler"] = {"model": generator.name, "backend": gen.backend, "template": cfg.template, "n": cfg.n,
@@ -136,6 +155,13 @@ def sample_candidates(records: list[Record], out: str, gen: GeneratorConfig, cfg
             bar.update(len(chunk))
         bar.close()
         dt = time.monotonic() - t0
-        print(f"sampled {n_done} records ({n_done * cfg.n} candidates, {n_tok} tokens incl. resamples) in {dt:.1f} s: "
-              f"{n_tok / dt:.1f} tok/s, {dt / max(n_done, 1):.2f} s/record -> {out}")
+        n_failed = sum(failed.values())
+        if not app.done_ids:
+            raise EmptyOutputError("sample", out=out, todo=len(todo), noun="instructions", done="got a non-empty sample",
+                                   reasons=dict(failed), failures=failed_path,
+                                   hint=f"model {generator.name}, backend {gen.backend}")
+        n_ok = n_done - n_failed
+        print(f"sampled {n_ok} records ({n_ok * cfg.n} candidates, {n_tok} tokens incl. resamples) in {dt:.1f} s: "
+              f"{n_tok / dt:.1f} tok/s, {dt / max(n_done, 1):.2f} s/record -> {out}"
+              + (f"; {n_failed} sets with no non-empty sample ({dict(failed)}) in {failed_path}" if n_failed else ""))
     return out

@@ -14,7 +14,8 @@ from tuna.errors import TunaError
 
 @contextlib.contextmanager
 def judge_endpoint(judge: Any):
-    """(model, backend, base_url) for an OpenAI-compatible judge; a ``llamacpp`` judge gets a local server."""
+    """(model, backend, base_url) for an OpenAI-compatible judge; a ``llamacpp`` judge gets a local server (watched by
+    every client of its URL, so the reviewer's client restarts it once if it dies; tuna.feedback.endpoint)."""
     if judge.backend == "llamacpp":
         from tuna.feedback.server import LlamaCppServer
 
@@ -63,7 +64,8 @@ def evaluate_model(bench: str, model: str, label: str, out: Path, ecfg: Any, jud
                                   judge_api_key_file=vj.api_key_file,
                                   judge_grammar="score_grammar" if vj.constrain == "rank_grammar" else "none",
                                   judge_concurrency=vj.concurrency, judge_timeout=vj.timeout,
-                                  judge_max_retries=vj.max_retries, max_cost=vj.max_cost,
+                                  judge_max_retries=vj.max_retries, judge_unreachable_timeout=vj.unreachable_timeout,
+                                  max_cost=vj.max_cost,
                                   price_per_1k_prompt=vj.price_per_1k_prompt,
                                   price_per_1k_completion=vj.price_per_1k_completion,
                                   max_new_tokens=ecfg.vicuna_max_new_tokens or ecfg.max_new_tokens * 2, **orders, **common)

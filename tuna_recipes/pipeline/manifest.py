@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tuna.errors import TunaError
 from tuna.hashing import config_hash
 from tuna.records import atomic_write_json, atomic_write_text
 
@@ -68,7 +69,15 @@ class Manifest:
         self.save()
         print(f"\n=== {name} ===", flush=True)
         t0 = time.time()
-        extra = fn() or {}
+        try:
+            extra = fn() or {}
+        except BaseException as e:
+            # The manifest says where the run stopped and why: a TunaError's one line (it names no secret), else the
+            # exception's type only.
+            why = str(e) if isinstance(e, TunaError) else type(e).__name__
+            self.data["steps"][name].update({"status": "failed", "error": why, "wall_s": round(time.time() - t0, 1)})
+            self.save()
+            raise
         wall = time.time() - t0
         self.data["steps"][name].update({"status": "done", "wall_s": round(wall, 1),
                                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})

@@ -33,6 +33,22 @@ from tuna_recipes.pipeline.report import make_report
 
 VARIANTS = ("tuna_p", "tuna_c", "tuna", "tuna_cp", "best_of_n")
 
+NOT_IN_STEP_KEYS = frozenset({"unreachable_timeout"})
+"""Settings that change only when a step gives up, never what it computes: left out of the step keys, so that setting
+them (or their arrival in an older run's config) keeps the run's finished steps."""
+
+
+def step_settings(section: Any) -> Any:
+    """A config section as a step key holds it: ``asdict`` without :data:`NOT_IN_STEP_KEYS`, at any depth."""
+    def strip(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in NOT_IN_STEP_KEYS}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+
+    return strip(asdict(section))
+
 
 class PipelineRun:
     """One run folder: its config, its manifest, and the steps that fill it."""
@@ -63,11 +79,11 @@ class PipelineRun:
         from tuna.feedback.scoring import score_candidates
 
         cfg, t = self.cfg, self.cfg.teacher
-        key = config_hash([asdict(t), asdict(cfg.prob_instructions), expand_data(cfg.prob_instructions.path), cfg.seed])
+        key = config_hash([step_settings(t), asdict(cfg.prob_instructions), expand_data(cfg.prob_instructions.path), cfg.seed])
         cands = self.shared / f"prob-{key}" / "candidates.jsonl"
         ranked = self.shared / f"prob-{key}" / f"ranked-beta{t.beta}.jsonl"
         sampling = replace(t, seed=cfg.seed, logprobs=t.method == "sampling")
-        self.man.run("teacher_sample", {"teacher": asdict(t), "slice": asdict(cfg.prob_instructions)}, [cands],
+        self.man.run("teacher_sample", {"teacher": step_settings(t), "slice": asdict(cfg.prob_instructions)}, [cands],
                      lambda: sample_candidates(self.instructions(cfg.prob_instructions), str(cands), t, sampling) and None,
                      shared_marker=cands.with_suffix(".done"))
         scoring = ScoringConfig(method=t.method, beta=t.beta, model=t.scorer or t.model, template=t.template,
@@ -125,7 +141,7 @@ class PipelineRun:
         src = cfg.context_instructions
         if cfg.ranker == "verifier":
             src = replace(src, path=str(self.verifiable_splits()["train"]))
-        ranker = asdict(cfg.judge) if cfg.ranker == "judge" else {"verifier": {"by": cfg.verifiable.by, "flip": cfg.verifiable.flip}}  # type: ignore[union-attr]
+        ranker = step_settings(cfg.judge) if cfg.ranker == "judge" else {"verifier": {"by": cfg.verifiable.by, "flip": cfg.verifiable.flip}}  # type: ignore[union-attr]
         key = config_hash([model_hash(generator), asdict(s), asdict(src), expand_data(src.path), cfg.seed])
         d = self.shared / f"context-{key}"
         cands, ranked = d / "candidates.jsonl", d / f"ranked-{config_hash([cfg.ranker, ranker])}.jsonl"
@@ -227,7 +243,7 @@ class PipelineRun:
             for name, bench, split, data in jobs:
                 out = self.dir / "eval" / label / f"{name}.json"
                 self.man.run(f"eval_{label}_{name}", {"model": models[label], "model_hash": model_hash(models[label]),
-                                                      "bench": bench, "eval": asdict(cfg.evaluation), "judge": asdict(cfg.judge),
+                                                      "bench": bench, "eval": step_settings(cfg.evaluation), "judge": step_settings(cfg.judge),
                                                       "device": device, "data": file_hash(data) if data else None, "split": split,
                                                       "verifiable": asdict(cfg.verifiable) if data else None},  # type: ignore[arg-type]
                              [out], lambda label=label, bench=bench, out=out, data=data, split=split: evaluate_model(
