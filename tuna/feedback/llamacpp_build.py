@@ -67,8 +67,9 @@ PROFILES: tuple[Profile, ...] = (
             "AVX2, FMA, F16C, BMI2; AVX512 and AMX kernels left out"),
     Profile("x86-64-v2", ("sse4_2",), tuple(_OFF + _V2), "SSE4.2 only; no AVX"),
 )
-"""Portable x86-64 levels, best first. AVX512 is left out on purpose: on the AVX512-BF16/AMX machine the judge served
-as fast from the AVX2 build (docs/performance.md), and one build fewer is one build fewer to go wrong."""
+"""Portable x86-64 levels, best first. AVX512 is left out on purpose: on the AVX512-BF16/AMX Xeon an AVX512 build
+(no AMX) took 0.90x the CPU time of this AVX2 build for a 401-token judge prompt and 1.02x for decoding
+(benchmarks/llamacpp_levels.py, results/benchmarks/llamacpp_levels.json): not worth a third build to keep working."""
 
 NATIVE = Profile("native", (), (), "llama.cpp's own build for this architecture (not x86-64: no AMX, no check)")
 
