@@ -24,7 +24,7 @@ import gzip
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,24 +79,24 @@ def _model_result(run_dir: Path, label: str, name: str) -> tuple[dict[str, Any],
     return res, d
 
 
-def _split_file(run_dir: Path, split: str) -> Path | None:
+def _split_file(run_dir: Path, split: str, base: Path) -> Path | None:
     man = json.loads((run_dir / "manifest.json").read_text())
     step = man["steps"].get("verifiable_splits")
     for p in (step or {}).get("outputs", []):
         if Path(p).name == f"{split}.jsonl":
-            return Path(p)
+            return base / p
     return None
 
 
-def _ranker_agreement(run_dir: Path) -> dict[str, Any] | None:
+def _ranker_agreement(run_dir: Path, base: Path) -> dict[str, Any] | None:
     from evaluation.verifiable import ranker_agreement
     from tuna.records import read_records
 
     man = json.loads((run_dir / "manifest.json").read_text())
     step = next((v for k, v in man["steps"].items() if k.startswith("rank_tuna_c")), None)
-    if not step or not step.get("outputs") or not Path(step["outputs"][0]).exists():
+    if not step or not step.get("outputs") or not (base / step["outputs"][0]).exists():
         return None
-    recs = read_records(step["outputs"][0], kind="ranked")
+    recs = read_records(base / step["outputs"][0], kind="ranked")
     agree = ranker_agreement(recs)
     tied = sum(1 for r in recs if len({c.score for c in r.candidates}) == 1)
     return {**agree, "sets": len(recs), "sets_all_tied": tied}
@@ -110,11 +110,17 @@ def export_sweep(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     if not index.exists():
         raise TunaError("no sweep.json: run the sweep first", path=index)
     sweep = json.loads(index.read_text())
+    # the paths a sweep records are relative to the folder it ran in: its run_dir's parent chain
+    rel = Path((sweep.get("sweep") or {}).get("run_dir", runs_dir.name))
+    base = runs_dir.resolve()
+    if not rel.is_absolute():
+        for _ in rel.parts:
+            base = base.parent
     items_dir = out / "items"
     rows_out: list[dict[str, Any]] = []
     meta_written: set[str] = set()
     for run in sweep["runs"]:
-        rd = Path(run["run_dir"])
+        rd = base / run["run_dir"]
         man = json.loads((rd / "manifest.json").read_text())
         cfg = man["config"]
         label = cfg["evaluate"][0] if cfg["evaluate"] else None
@@ -123,7 +129,7 @@ def export_sweep(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
                  "overrides": run.get("overrides", {}), "model": label, "flip": (cfg.get("verifiable") or {}).get("flip", 0.0),
                  "timings": {k: v.get("wall_s") for k, v in man["steps"].items()}, "versions": man.get("versions", {}),
                  "train": {k: v.get("train") for k, v in man["steps"].items() if v.get("train")},
-                 "ranker": _ranker_agreement(rd), "splits": {}}
+                 "ranker": _ranker_agreement(rd, base), "splits": {}}
         for split in SPLITS:
             if split not in (cfg.get("verifiable") or {}).get("eval_splits", []):
                 continue
@@ -132,18 +138,19 @@ def export_sweep(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
             if task is None:
                 continue
             if split not in meta_written:
-                sf = _split_file(rd, split)
+                sf = _split_file(rd, split, base)
                 if sf is not None:
                     from tuna.records import read_records
 
                     _write_jsonl_gz(items_dir / f"{split}.meta.jsonl.gz", [item_meta(r.model_dump()) for r in read_records(sf)])
                     meta_written.add(split)
             scores = {r["id"]: r["score"] for r in _read_jsonl(task[1] / "scores.jsonl")}
-            preds = {r["id"]: r.get("prediction", "") for r in _read_jsonl(task[1] / "predictions.jsonl")}
+            pred_rows = {r["id"]: r for r in _read_jsonl(task[1] / "predictions.jsonl")}
             prow = {r["id"]: r for r in _read_jsonl(pairs[1] / "scores.jsonl")} if pairs else {}
             rows = []
             for i, s in scores.items():
-                row = {"id": i, "score": s, "prediction": preds.get(i, "")}
+                p = pred_rows.get(i, {})
+                row = {"id": i, "score": s, "prediction": p.get("prediction", ""), "finish_reason": p.get("finish_reason")}
                 if i in prow:
                     row.update(right=prow[i]["right"], pairs=prow[i]["pairs"], tied=prow[i]["tied"])
                 rows.append(row)
@@ -177,6 +184,8 @@ class Arm:
     predictions: dict[str, list[list[str]]]
     """split -> per seed, the predictions in item order."""
     runs: list[dict[str, Any]]
+    finish: dict[str, list[list[str | None]]] = field(default_factory=dict)
+    """split -> per seed, each prediction's finish reason (``length``: it ran to the token limit)."""
 
 
 class Evidence:
@@ -201,7 +210,7 @@ class Evidence:
         self.selection = json.loads((self.dir / "selection.json").read_text()) if (self.dir / "selection.json").exists() else {}
 
     def _load_arm(self, arm: str, runs: list[dict[str, Any]]) -> Arm:
-        scores, right, pairs, tied, preds = {}, {}, {}, {}, {}
+        scores, right, pairs, tied, preds, finish = {}, {}, {}, {}, {}, {}
         for split, meta in self.meta.items():
             ids = [m["id"] for m in meta]
             rows_per_seed = []
@@ -218,11 +227,12 @@ class Evidence:
             else:
                 scores[split] = np.array([[x["score"] for x in rows] for rows in rows_per_seed], dtype=float)
                 preds[split] = [[x.get("prediction", "") for x in rows] for rows in rows_per_seed]
+                finish[split] = [[x.get("finish_reason") for x in rows] for rows in rows_per_seed]
                 if all("pairs" in x for x in rows_per_seed[0]):
                     right[split] = np.array([[x["right"] for x in rows] for rows in rows_per_seed], dtype=float)
                     pairs[split] = np.array([[x["pairs"] for x in rows] for rows in rows_per_seed], dtype=float)
                     tied[split] = np.array([[x["tied"] for x in rows] for rows in rows_per_seed], dtype=float)
-        return Arm(arm, [r["seed"] for r in runs], scores, right, pairs, tied, preds, runs)
+        return Arm(arm, [r["seed"] for r in runs], scores, right, pairs, tied, preds, runs, finish)
 
     def add_constant(self, train_file: str | Path | None = None) -> None:
         """The constant-answer control (each task's majority training label), scored on every split by the items'
@@ -533,14 +543,19 @@ def make_evidence_report(folder: str | Path, *, resamples: int = RESAMPLES, seed
         arm = ev.arms[a]
         for g in ("LMentry", "Super-NI"):
             mk = groups[g]
-            per_seed = [degeneration([{"task": meta[i]["task"], "prediction": preds[i]} for i in np.flatnonzero(mk)])
-                        for preds in arm.predictions[split]]
-            avg = {k: float(np.mean([d[k] for d in per_seed])) for k in ("distinct_share", "task_mode_share", "empty_share", "mean_words")}
+            finish = arm.finish.get(split) or [[None] * len(meta)] * len(arm.predictions[split])
+            per_seed = [degeneration([{"task": meta[i]["task"], "prediction": preds[i], "finish_reason": fin[i]} for i in np.flatnonzero(mk)])
+                        for preds, fin in zip(arm.predictions[split], finish)]
+            avg = {k: float(np.mean([d[k] for d in per_seed])) if all(d.get(k) is not None for d in per_seed) else None
+                   for k in ("distinct_share", "task_mode_share", "empty_share", "mean_words", "length_share")}
             drows.append([ARM_NAMES.get(a, a), g, f"{100 * avg['distinct_share']:.1f}", f"{100 * avg['task_mode_share']:.1f}",
-                          f"{100 * avg['empty_share']:.1f}", f"{avg['mean_words']:.1f}"])
-    dheads = ["arm", "benchmark", "distinct answers %", "most common answer per task %", "empty %", "mean words"]
+                          f"{100 * avg['empty_share']:.1f}", f"{avg['mean_words']:.1f}",
+                          "–" if avg["length_share"] is None else f"{100 * avg['length_share']:.1f}"])
+    dheads = ["arm", "benchmark", "distinct answers %", "most common answer per task %", "empty %", "mean words",
+              "ran to the token limit %"]
     md.append("\n## What the answers look like (degeneration check)\n\nMean over seeds. A collapse (\"Yes\" to everything) "
-              "shows as few distinct answers and a high share of each task's most common answer.\n\n" + _table(dheads, drows))
+              "shows as few distinct answers and a high share of each task's most common answer; an answer that never "
+              "stops (no end-of-sequence token) runs to the 32-token limit.\n\n" + _table(dheads, drows))
 
     # per seed
     srows = []
@@ -577,7 +592,7 @@ def make_evidence_report(folder: str | Path, *, resamples: int = RESAMPLES, seed
         rule = next(iter(ev.selection.values())).get("rule", {})
         md.append(f"\n## Learning rate chosen on the validation split\n\nRule fixed before the run: the highest validation "
                   f"{rule.get('metric')}; {rule.get('tie_metric')} decides within {rule.get('tie_within')} points; then the "
-                  f"smaller rate. Seed {rule.get('seed') if rule.get('seed') is not None else 'the first'}.\n\n"
+                  f"smaller rate; searched at the first training seed.\n\n"
                   + _table(["arm", "lr", "val task score", "val pair acc.", ""], lrows))
     noise = noise_table(ev, boot, split, groups)
     if noise:

@@ -483,7 +483,8 @@ def constant_answers(train: list[Record]) -> dict[str, str]:
 def degeneration(items: list[dict[str, Any]]) -> dict[str, Any]:
     """What answers look like, beside the scores, so that a collapse cannot read as learning: over ``items``
     (``{"task", "prediction"}``): the share of distinct answers (normalised), the share of the most common answer
-    within each task (mean over tasks), the share of empty answers and the mean length in words."""
+    within each task (mean over tasks), the share of empty answers, the mean length in words, and (where the items
+    carry a ``finish_reason``) the share that ran to the token limit instead of stopping."""
     from collections import Counter
 
     if not items:
@@ -493,6 +494,8 @@ def degeneration(items: list[dict[str, Any]]) -> dict[str, Any]:
     for x, a in zip(items, norm):
         by_task.setdefault(str(x["task"]), []).append(a)
     mode = [Counter(v).most_common(1)[0][1] / len(v) for v in by_task.values()]
+    reasons = [x.get("finish_reason") for x in items]
     return {"n": len(items), "distinct_share": len(set(norm)) / len(norm), "task_mode_share": sum(mode) / len(mode),
             "empty_share": sum(1 for a in norm if not a) / len(norm),
-            "mean_words": sum(len(str(x["prediction"]).split()) for x in items) / len(items)}
+            "mean_words": sum(len(str(x["prediction"]).split()) for x in items) / len(items),
+            "length_share": None if None in reasons else sum(r == "length" for r in reasons) / len(reasons)}

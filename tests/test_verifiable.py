@@ -181,7 +181,9 @@ def test_constant_answers_and_degeneration(splits):
     assert not unseen & set(const)
     d = degeneration([{"task": "a", "prediction": "Yes."}, {"task": "a", "prediction": "yes"}, {"task": "b", "prediction": ""},
                       {"task": "b", "prediction": "No way"}])
-    assert d == {"n": 4, "distinct_share": 0.75, "task_mode_share": 0.75, "empty_share": 0.25, "mean_words": 1.0}
+    assert d == {"n": 4, "distinct_share": 0.75, "task_mode_share": 0.75, "empty_share": 0.25, "mean_words": 1.0, "length_share": None}
+    d = degeneration([{"task": "a", "prediction": "x", "finish_reason": "stop"}, {"task": "a", "prediction": "y z", "finish_reason": "length"}])
+    assert d["length_share"] == 0.5
 
 
 def test_task_verifier_uses_the_benchmarks_own_scorers(splits):
