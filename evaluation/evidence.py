@@ -104,7 +104,8 @@ def _ranker_agreement(run_dir: Path, base: Path) -> dict[str, Any] | None:
 
 def export_sweep(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Compact per-item results of every run of a sweep (``<runs_dir>/sweep.json``) into ``<out_dir>/items/`` and
-    ``<out_dir>/runs.json``; returns the runs.json content."""
+    ``<out_dir>/runs.json``; returns the runs.json content. Runs of the same sweep exported earlier into ``out_dir``
+    (parts run elsewhere) are kept unless this export holds them too."""
     runs_dir, out = Path(runs_dir), Path(out_dir)
     index = runs_dir / "sweep.json"
     if not index.exists():
@@ -160,12 +161,28 @@ def export_sweep(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
                                       "wall_s": {"verifiable": task[0].get("wall_time_s"),
                                                  "pairs": pairs[0].get("wall_time_s") if pairs else None}}
         rows_out.append(entry)
+    rows_out = merge_export(out / "runs.json", sweep.get("name"), rows_out)
     data = {"sweep": sweep.get("name"), "config": sweep.get("sweep"), "runs": rows_out}
     atomic_write_json(out / "runs.json", data)
     selection = runs_dir / "selection.json"
     if selection.exists():
         atomic_write_json(out / "selection.json", json.loads(selection.read_text()))
     return data
+
+
+def merge_export(earlier: Path, sweep_name: str | None, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A sweep may run in parts, in other folders: the runs an earlier export of the same sweep holds (``earlier``,
+    its runs.json) are kept, before ``rows``, unless ``rows`` holds a run of the same label."""
+    if not earlier.exists():
+        return rows
+    prev = json.loads(earlier.read_text())
+    if prev.get("sweep") != sweep_name:
+        raise TunaError(f"holds sweep {prev.get('sweep')!r}, not {sweep_name!r}: export to another folder", path=earlier)
+    fresh = {r["label"] for r in rows}
+    kept = [r for r in prev["runs"] if r["label"] not in fresh]
+    if kept:
+        print(f"evidence-export: kept {len(kept)} runs of the earlier export in {earlier}")
+    return kept + rows
 
 
 # ----------------------------------------------------------------------------------------------- loading

@@ -3,6 +3,7 @@ correction; and the committed evidence tables rebuilt from the committed per-ite
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -84,7 +85,19 @@ def test_pair_accuracy_is_a_ratio_of_sums():
     assert e.value == pytest.approx(25.0) and e.lo == pytest.approx(25.0) and e.hi == pytest.approx(25.0)
 
 
-@pytest.mark.skipif(not (REPO / "results/verifiable/runs.json").exists(), reason="no committed evidence yet")
+def test_export_in_parts_keeps_the_earlier_runs_and_refuses_another_sweep(tmp_path):
+    from evaluation.evidence import merge_export
+    from tuna.errors import TunaError
+
+    earlier = tmp_path / "runs.json"
+    assert merge_export(earlier, "verifiable", [{"label": "a"}]) == [{"label": "a"}]
+    earlier.write_text(json.dumps({"sweep": "verifiable", "runs": [{"label": "a", "v": 1}, {"label": "b", "v": 1}]}))
+    merged = merge_export(earlier, "verifiable", [{"label": "b", "v": 2}, {"label": "c", "v": 2}])
+    assert merged == [{"label": "a", "v": 1}, {"label": "b", "v": 2}, {"label": "c", "v": 2}]
+    with pytest.raises(TunaError, match="holds sweep 'verifiable', not 'other'"):
+        merge_export(earlier, "other", [{"label": "a"}])
+
+
 def test_committed_tables_rebuild_from_committed_items(tmp_path):
     """`tuna report --evidence results/verifiable` rebuilds the committed main.md byte for byte from items/ and runs.json."""
     from evaluation.evidence import make_evidence_report
