@@ -410,8 +410,9 @@ def report(
     seed: int | None = None,
     evidence: str | None = None,
 ) -> str:
-    """Collect results.json files into the paper's tables (Markdown + LaTeX, with 95 % bootstrap intervals and n) and
-    PNG plots under <out>/<name>/. Columns are keyed by evaluation protocol: runs with different protocols never
+    """Collect results.json files into the paper's tables and plots.
+
+    Markdown + LaTeX tables with 95 % bootstrap intervals and n, and PNG plots, under <out>/<name>/. Columns are keyed by evaluation protocol: runs with different protocols never
     share a column. With --evidence DIR: rebuild the verifiable experiment's tables in DIR from its committed
     per-item files (evaluation.evidence) instead.
 

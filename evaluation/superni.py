@@ -8,7 +8,8 @@
   @ 7c0e400) with the settings of its ``scripts/eval_tk_instruct.sh``: definition + 2 positive examples, no
   negative examples, no explanation; a demonstration is added only while the tokenised source still fits
   ``max_source_length`` (1024) tokens, and a source still longer than that is cut to its first 1024 tokens and
-  decoded. The builder lives here (:func:`tk_instruct_source`) because it is part of the benchmark protocol, not
+  decoded. Tokens are the evaluated model's, as in Tk-Instruct (``run_s2s.py`` L331-337 and L422-423 hand the
+  collator the model's own ``AutoTokenizer``). An empty definition renders ``"Definition: .\n\n"``, as there. The builder lives here (:func:`tk_instruct_source`) because it is part of the benchmark protocol, not
   of the student's prompt format; the student's template (alpaca/chat/raw) wraps it.
 * Metrics exactly as ``natural-instructions/eval/automatic/evaluation.py`` / Tk-Instruct ``compute_metrics.py``:
   exact match after lower-casing, dropping ``string.punctuation`` and folding white space (articles are kept),
@@ -72,7 +73,10 @@ def tk_instruct_source(
     if tokenizer is not None and not max_source_length:
         raise TunaError("a tokenizer needs max_source_length", field="max_source_length")
     task_input = _end_punct(f"Now complete the following example -\nInput: {instance_input.strip()}") + "\nOutput: "
-    definition_part = _end_punct("Definition: " + definition.strip()) + "\n\n" if definition else ""
+    # Tk-Instruct src/ni_collator.py L80-83 @ 7c0e400 (eval_tk_instruct.sh: --add_task_definition True):
+    # definition = "Definition: " + instance["Definition"].strip(); '.' unless it ends in punctuation; += "\n\n".
+    # An empty definition is no exception there: it renders "Definition: .\n\n".
+    definition_part = _end_punct("Definition: " + definition.strip()) + "\n\n"
     demos: list[str] = []
     for i, ex in enumerate((positive_examples or [])[:num_pos_examples]):
         s = _end_punct(f" Positive Example {i + 1} -\nInput: {ex['input'].strip()}") + "\n"

@@ -161,8 +161,10 @@ def eval_pairs(
     tags: dict[str, Any] | None = None,
     split: str | None = None,
 ) -> str:
-    """Held-out pair accuracy: the share of a ranked set's untied candidate pairs whose order by the model's
-    length-normalised log-likelihood matches the ranking (the most direct measure that a ranking was learned).
+    """Held-out pair accuracy: how often the model's likelihood orders a ranked set's candidates as the ranking does.
+
+    The share of a ranked set's untied candidate pairs whose order by the model's length-normalised log-likelihood
+    matches the ranking (the most direct measure that a ranking was learned).
 
     Args:
         model: The model whose log-likelihoods are compared.
@@ -209,7 +211,9 @@ def eval_pairs(
 
 
 def evidence_export(runs: str = "runs/verifiable", out: str = "results/verifiable", by: str = "task") -> str:
-    """Keep what every number of a verifiable sweep needs, small enough to commit: per run and split the items'
+    """Export what every number of a verifiable sweep needs, small enough to commit.
+
+    Per run and split: the items'
     scores, predictions and pair outcomes (gzipped JSONL), the items' metadata, runs.json (arms, seeds, chosen
     learning rates, wall times, versions, the ranker's measured agreement) and the constant-answer control. Then
     `tuna report --evidence <out>` rebuilds every table from these files alone.

@@ -8,10 +8,13 @@
   as Assistant 1 and the model as Assistant 2, as ``eval_gpt_review.py -a opponent.jsonl model.jsonl`` wrote
   FastChat's shipped ``review_<opponent>_<model>.jsonl`` files. ``both`` adds the review with the answers swapped
   and reports the position-bias-controlled result beside the single-order one.
-* Parsing: the first line of the review, commas turned into spaces, two numbers. ``strict`` is the original
-  (``line.split(' ')`` must give exactly two parts, so "8, 7" fails there); ``lenient`` (default) splits on any
-  white space, strips brackets (the math prompt asks for a Python tuple) and accepts a first line such as
-  "Assistant 1: 8/10, Assistant 2: 7/10". A review that does not parse is recorded as an error (never -1).
+* Parsing: ``strict`` is FastChat's ``parse_score``: the first line, commas turned into spaces, ``split(' ')``
+  must give exactly two parts (so "8, 7" fails there), and math reviews fail, since the math prompt asks for the
+  scores as "a Python tuple" after the solution. ``lenient`` (default) reads the verdict wherever the reviewer
+  put it ("8 7" or "(3, 8)" as the first or last line or under "Scores:", "Assistant 1: 3 ... Assistant 2: 8"
+  lines, "x/10", "The output tuple is (3, 8).", "a score of 3 ... a score of 8") and takes the last one; a pair
+  quoted from the question, such as a segment's endpoints, is never read as scores. A review without a verdict
+  is recorded as an error (never -1).
 * Outcome: single order: the model's score against the opponent's (higher = win, equal = tie, lower = lose).
   Both orders: the model's two scores are summed and compared with the opponent's two; a question with an error
   in either order counts in ``errors`` and in none of win/tie/lose. Per-order outcomes and the order-consistency
@@ -70,33 +73,111 @@ def review_messages(question: str, answer_1: str, answer_2: str, reviewer: dict[
 
 
 _NUM = r"(\d+(?:\.\d+)?)"
+_OF_10 = r"\s*(?:/|out\s+of)\s*10\b"
+_MARKUP = re.compile(r"[*_#`>]+")
+# words that make a line or sentence a verdict: "Scores:", "the output tuple is", "I would rate"
+_VERDICT = re.compile(r"\b(?:scores?|scored|tuple|output|ratings?|rate|verdict)\b", re.IGNORECASE)
+# words that make a number pair a point of the question (a segment's endpoints), never a verdict
+_GEOMETRY = re.compile(r"\b(?:points?|endpoints?|coordinates?|vertex|vertices|midpoint|segment|[xy][12])\b", re.IGNORECASE)
+# a line that is only a pair: "8 7", "8, 7", "(3, 8)", "[3, 8]", "Scores: 3 8", "Output: (1, 7)"
+_PAIR_LINE = re.compile(rf"(?P<label>(?:final\s+)?(?:scores?|output|verdict|tuple|ratings?)\s*[:=-]?\s*)?"
+                        rf"[(\[{{]?\s*{_NUM}\s*(?:,\s*|\s+){_NUM}\s*[)\]}}]?\s*\.?", re.IGNORECASE)
+_TUPLE = re.compile(rf"\(\s*{_NUM}\s*,\s*{_NUM}\s*\)")
+_TUPLE_ANY = re.compile(r"\(\s*-?\d[\d.]*\s*,\s*-?\d")  # any number pair, a point such as (2, -2) included
+# "Assistant 1: 8", "Assistant 2 score: 6/10", "Assistant 1 - 7 (correct steps)", "Assistant 1 = 3", at a line's start
+# or after ", " / "; " / ": " / "and "
+_LABEL = re.compile(r"(?:^|[,;:]\s*|\band\s+)\W*assistant\s*([12])(?:\s+(?:score|rating))?\s*(?::|=|-|–|—)\s*",
+                    re.IGNORECASE)
+_LEAD_SCORE = re.compile(rf"{_NUM}(?P<of10>{_OF_10})?(?P<rest>.*)")
+_SCORE_IN_PROSE = re.compile(rf"\b(?:score|rating)\s*(?:is|of|:|=)?\s*{_NUM}(?:{_OF_10})?|{_NUM}{_OF_10}", re.IGNORECASE)
+# "I would give Assistant 1 a score of 10 and Assistant 2 a score of 4", "Assistant 1 gets 8/10, Assistant 2 6/10"
+_MARK = rf"(?:(?:score|rating)\s+(?:of\s+|is\s+|:\s*)?{_NUM}(?:{_OF_10})?|{_NUM}{_OF_10})"
+_PROSE_PAIR = re.compile(rf"assistant\s*1\b[^.\n]{{0,60}}?{_MARK}[^.\n]{{0,80}}?assistant\s*2\b[^.\n]{{0,60}}?{_MARK}",
+                         re.IGNORECASE)
+_LABEL_PAIR_SPAN = 8  # lines from "Assistant 1: x" to its "Assistant 2: y" (blank lines, a long explanation)
+
+
+def _first(*groups: str | None) -> float:
+    return float(next(g for g in groups if g is not None))
+
+
+def _labelled_score(segment: str) -> float | None:
+    """The score after an "Assistant k:" label: "8", "8/10", "8 (correct steps)", "8 - correct", "... the score is 8".
+    A number that starts a formula ("3x + 10 = ...", "5(x - 2)") or an answer ("10 units") is not a score."""
+    m = _LEAD_SCORE.match(segment)
+    if m:
+        rest = m.group("rest")
+        paren = re.match(r"\s+\(([^)]*)\)", rest)
+        if (m.group("of10") or not rest.strip(" .,;")
+                or (paren and len(re.findall(r"[A-Za-z]{2,}", paren.group(1))) >= 2 and not re.search(r"[=^]", paren.group(1)))
+                or re.match(r"\s*(?:[-–—:,;]|\.)\s+[^\d\s(]", rest)):
+            return float(m.group(1))
+    m = _SCORE_IN_PROSE.search(segment)
+    return _first(*m.groups()) if m else None
+
+
+def _verdicts(review: str) -> list[tuple[float, float]]:
+    """Every verdict in a review, in the order written: a pair line ("8 7" first, as FastChat asks, or "(3, 8)" under
+    "Scores:" or last), a tuple in a sentence about the scores ("The output tuple is (3, 8)."), "Assistant 1: x" ...
+    "Assistant 2: y" labels (one line or nearby lines), and "Assistant 1 a score of x and Assistant 2 a score of y".
+    A pair quoted from the question (a segment's endpoints) is none of these: a tuple counts only in a sentence about
+    scores that names no point, and a pair line only where the review's verdict goes."""
+    lines = [_MARKUP.sub("", line).strip() for line in review.split("\n")]
+    filled = [i for i, line in enumerate(lines) if line]
+    found: list[tuple[tuple[int, int], tuple[float, float]]] = []
+    pending: tuple[int, float] | None = None  # (line, score) of an "Assistant 1: x" waiting for its Assistant 2
+    for n, i in enumerate(filled):
+        line = lines[i]
+        prev = lines[filled[n - 1]] if n else ""
+        m = _PAIR_LINE.fullmatch(line)
+        if m:
+            last = n == len(filled) - 1 and not _GEOMETRY.search(prev) and not _TUPLE_ANY.search(prev)
+            if i == 0 or m.group("label") or last or (_VERDICT.search(prev) and not _GEOMETRY.search(prev)):
+                found.append(((i, len(line)), (float(m.group(2)), float(m.group(3)))))
+            continue
+        for t in _TUPLE.finditer(line):
+            start = max(line.rfind(". ", 0, t.start()) + 1, 0)
+            stop = line.find(". ", t.end())
+            sentence = line[start:stop if stop >= 0 else len(line)]
+            if _VERDICT.search(sentence) and not _GEOMETRY.search(sentence) and not line[:t.start()].rstrip().endswith("="):
+                found.append(((i, t.end()), (float(t.group(1)), float(t.group(2)))))
+        for p in _PROSE_PAIR.finditer(line):
+            g = p.groups()
+            found.append(((i, p.end()), (_first(*g[:2]), _first(*g[2:]))))
+        labels = list(_LABEL.finditer(line))
+        for k, lab in enumerate(labels):
+            segment = line[lab.end():labels[k + 1].start() if k + 1 < len(labels) else len(line)]
+            score = _labelled_score(segment)
+            if lab.group(1) == "1":
+                pending = (i, score) if score is not None else None
+            elif score is not None and pending is not None and i - pending[0] <= _LABEL_PAIR_SPAN:
+                found.append(((i, lab.end()), (pending[1], score)))
+                pending = None
+            else:
+                pending = None
+    found.sort(key=lambda f: f[0])
+    return [s for _, s in found if all(0 <= x <= 10 for x in s)]
 
 
 def parse_review(review: str | None, *, strict: bool = False) -> tuple[float, float] | None:
-    """Two scores from the review's first line, or None when it cannot be parsed."""
+    """The two scores of a review (Assistant 1, Assistant 2), or None when it holds no verdict.
+
+    ``strict`` is FastChat's ``parse_score`` (``fastchat/eval/eval_gpt_review.py``): the first line, commas turned
+    into spaces, ``split(" ")`` must give two numbers. Lenient (the default) reads the verdict wherever the reviewer
+    put it and takes the last one: the general and coding prompts ask for it on the first line, the math prompt for
+    "a Python tuple" after the solution (see ``_verdicts``)."""
     if not review:
         return None
-    first = review.split("\n")[0]
     if strict:
-        parts = first.replace(",", " ").split(" ")
+        parts = review.split("\n")[0].replace(",", " ").split(" ")
         if len(parts) != 2:
             return None
         try:
             return float(parts[0]), float(parts[1])
         except ValueError:
             return None
-    line = first.strip().replace(",", " ")
-    bare = line.strip("()[]{}* ").strip()
-    parts = bare.split()
-    if len(parts) == 2:
-        try:
-            return float(parts[0].rstrip(".")), float(parts[1].rstrip("."))
-        except ValueError:
-            pass
-    m = re.fullmatch(rf"\W*assistant\s*1\W*{_NUM}(?:\s*/\s*10)?\W+assistant\s*2\W*{_NUM}(?:\s*/\s*10)?\W*", bare, flags=re.IGNORECASE)
-    if m:
-        return float(m.group(1)), float(m.group(2))
-    return None
+    verdicts = _verdicts(review)
+    return verdicts[-1] if verdicts else None
 
 
 # FastChat's reviewer asks for "score1 score2" on the first line, then an explanation. For a weak local judge

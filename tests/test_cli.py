@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -85,3 +88,146 @@ def test_console_script_exits_zero_and_prints_no_return_value(shared_data, tmp_p
                        capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "TUNA_PROGRESS": "0"})
     assert r.returncode == 0 and str(out) not in r.stderr, r.stderr[-2000:]
     assert "wrote 2 records" in r.stdout
+
+
+# ------------------------------------------------------------------------------------------------------------ help
+
+_REPR = re.compile(r"\b[A-Z]\w*\(\w+: '")  # a dataclass's generated __doc__: "PipelineConfig(name: 'str' = ..."
+
+
+def _first_paragraph(obj: Any) -> list[str]:
+    return (inspect.getdoc(obj) or "").split("\n\n")[0].strip().splitlines()
+
+
+def _balanced(text: str) -> bool:
+    return all(text.count(a) == text.count(b) for a, b in ("()", "[]", "{}")) and text.count("`") % 2 == 0
+
+
+def _line_problem(text: str | None, source: Any) -> str | None:
+    """Why one line of help (a command's line, an option group's title) does not explain itself, or None.
+
+    A line made from ``source``'s docstring is its first line: cut when the first paragraph goes on and the line
+    does not end a sentence. Any other line (a field's or parameter's doc, a group's ``_help``) is shown whole."""
+    if not text or not text.strip():
+        return "empty"
+    if _REPR.search(text):
+        return "a dataclass repr"
+    if "\n" in text:
+        return "more than one line"
+    if not _balanced(text):
+        return "unbalanced brackets or backticks (cut)"
+    para = _first_paragraph(source) if source is not None else []
+    if para and text.rstrip(".") == para[0].strip().rstrip(".") and len(para) > 1 and not para[0].rstrip().endswith("."):
+        return "cut mid-sentence (the docstring's first line goes on)"
+    return None
+
+
+def _subcommands(parser: Any) -> dict[str, tuple[Any, str | None]]:
+    """{name: (subparser, its line in the parent's help)}."""
+    out = {}
+    for action in parser._actions:
+        if type(action).__name__ == "ActionSubCommands":
+            lines = {a.dest: a.help for a in action._choices_actions}
+            out.update({name: (sub, lines.get(name)) for name, sub in action.choices.items()})
+    return out
+
+
+def _cmd(path: list[str]) -> str:
+    return " ".join(["tuna", *path])
+
+
+def test_every_subcommand_help_explains_itself(monkeypatch):
+    """Walk `tuna --help` and the help of every command group and command below it (the parser `tuna` builds):
+    each command has one complete line (a sentence ending in a full stop); no help text holds a dataclass repr;
+    every option group's title is one complete line."""
+    from jsonargparse import capture_parser
+
+    from tuna_recipes import cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "1"))
+    root = capture_parser(lambda: cli.main([]))
+    problems: list[str] = []
+    commands_checked = groups_checked = 0
+
+    def walk(parser: Any, node: dict[str, Any], path: list[str]) -> None:
+        nonlocal commands_checked, groups_checked
+        text = parser.format_help()
+        if _REPR.search(text):
+            problems.append(f"{_cmd(path)} --help: a dataclass repr")
+        subs = _subcommands(parser)
+        assert set(subs) == {k for k in node if k != "_help"}, path  # the parser holds every command, no other
+        for name, (sub, line) in subs.items():
+            component = node[name]
+            why = _line_problem(line, None if isinstance(component, dict) else component)
+            if why is None and not line.rstrip().endswith("."):
+                why = "not a sentence ending in a full stop"
+            if why:
+                problems.append(f"`{_cmd(path + [name])}` in `{_cmd(path)} --help`: {why}: {line!r}")
+            commands_checked += 1
+            if isinstance(component, dict):
+                walk(sub, component, path + [name])
+            else:
+                for group in sub._action_groups:
+                    cls = getattr(group, "group_class", None)
+                    if cls is None:
+                        continue
+                    why = _line_problem(group.title, cls)
+                    if why:
+                        problems.append(f"`{_cmd(path + [name])} --help`, group {group.title!r}: {why}")
+                    groups_checked += 1
+                walk(sub, {}, path + [name])
+
+    tree = cli.commands()
+    walk(root, tree, [])
+    assert not problems, "\n".join(problems)
+    n_commands = sum(1 + sum(1 for k in v if k != "_help") if isinstance(v, dict) else 1 for v in tree.values())
+    assert commands_checked == n_commands >= 23  # 15 top-level commands, 3 training stages, 5 benchmarks today
+    assert groups_checked >= 50
+
+
+def test_line_problem_catches_what_the_walk_looks_for():
+    """The checks can fail: a dataclass without a docstring, a docstring whose first line stops mid-sentence."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class NoDoc:
+        name: str = "demo"
+
+    class Cut:
+        """Convert the paper's released files into tuna records (JSONL); docs/fidelity.md says
+        what each released field becomes."""
+
+    class Whole:
+        """Convert the paper's released files into tuna records (JSONL).
+
+        docs/fidelity.md says what each released field becomes."""
+
+    assert _line_problem(NoDoc.__doc__, NoDoc) == "a dataclass repr"
+    first = inspect.getdoc(Cut).splitlines()[0]
+    assert _line_problem(first, Cut) == "cut mid-sentence (the docstring's first line goes on)"
+    assert _line_problem(inspect.getdoc(Whole).splitlines()[0], Whole) is None
+    assert _line_problem("", None) == "empty" and _line_problem("The demo (offline", None).endswith("(cut)")
+    assert _line_problem("Two\nlines", None) == "more than one line"
+
+
+def test_top_level_eval_and_train_help_read_as_a_table_of_contents():
+    """What a user sees: every command, benchmark and stage listed with a line of its own."""
+    expected = {
+        (): ["train", "import", "sample", "score", "reference", "judge", "eval", "report", "verifiable-data", "rank",
+             "evidence-export", "pipeline", "sweep", "demo", "reproduce"],
+        ("eval",): ["superni", "lmentry", "vicuna", "verifiable", "pairs"],
+        ("train",): ["sft", "prob-rank", "context-rank"],
+    }
+    listed = 0
+    for path, names in expected.items():
+        proc = tuna(*path, "--help")
+        assert proc.returncode == 0, proc.stderr
+        assert not _REPR.search(proc.stdout)
+        if not path:
+            assert "instruction tuning using feedback from LLMs" in proc.stdout
+        block = proc.stdout.split("Available subcommands:", 1)[1]
+        for name in names:
+            m = re.search(rf"^    {re.escape(name)}( +)(\S.*)$", block, flags=re.MULTILINE)
+            assert m, f"tuna {' '.join(path)} --help lists no line for {name}"
+            listed += 1
+    assert listed == 23

@@ -180,6 +180,26 @@ def test_prompt_bytes_of_a_fixed_instance_two_shot(slice_rows, smollm2_tokenizer
     assert _official_collator_source(_hf_instance(row), smollm2_tokenizer) == want
 
 
+def test_empty_definition_renders_as_the_collator(slice_rows, smollm2_tokenizer):
+    """An empty (or blank) definition is not left out: Tk-Instruct src/ni_collator.py L80-83 @ 7c0e400 builds
+    "Definition: " + "" and adds the missing full stop, so the source starts with b"Definition: .\\n\\n"."""
+    row = next(r for r in slice_rows if r["id"] == "task1154-13494aea7eef47df9a85b33354c44491")
+    want = ("Definition: .\n\n"
+            " Positive Example 1 -\nInput: moon : rocket. france : ?\n Output: airplane.\n\n"
+            " Positive Example 2 -\nInput: mall : bus. theater : ?\n Output: car.\n\n"
+            "Now complete the following example -\nInput: france : airplane. park : ?\nOutput: ")
+    checked = 0
+    for definition in ("", "   ", "\n"):
+        src, demos, cut = superni.tk_instruct_source(definition, row["input"], row["positive_examples"], num_pos_examples=2,
+                                                     tokenizer=smollm2_tokenizer, max_source_length=1024)
+        assert (src, demos, cut) == (want, 2, False)
+        assert _official_collator_source(_hf_instance({**row, "definition": definition}), smollm2_tokenizer) == want
+        checked += 1
+    assert checked == 3
+    zero_shot = superni.tk_instruct_prompt("", "Great movie", num_pos_examples=0)
+    assert zero_shot.encode() == b"Definition: .\n\nNow complete the following example -\nInput: Great movie.\nOutput: "
+
+
 @pytest.mark.parametrize("max_len", [1024, 120])
 def test_prompts_equal_the_collators_on_the_whole_slice(slice_rows, smollm2_tokenizer, max_len):
     """All 800 slice instances, 2-shot: at 1024 tokens nothing is dropped; at 120 demonstrations are dropped and

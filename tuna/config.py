@@ -51,8 +51,9 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up from 0 and a cosine decay to 0: Hugging Face Trainer's schedules, as the released
-    code used them (docs/fidelity.md)."""
+    """AdamW with linear warm-up from 0 and a cosine decay to 0.
+
+    Hugging Face Trainer's schedules, as the released code used them (docs/fidelity.md)."""
 
     lr: float = 1e-5
     weight_decay: float = 0.0

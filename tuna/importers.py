@@ -399,8 +399,9 @@ def load_inputs(path: str, *, fmt: str = "auto", limit: int | None = None, offse
 
 def import_records(fmt: str, path: str, out: str, limit: int | None = None, beta: float | None = None,
                    reference: str = "drop", missing: str = "last", alpaca: str | None = None) -> str:
-    """Convert Alpaca JSON/JSONL or the paper's released files into tuna records (JSONL); docs/fidelity.md says
-    what each released field becomes.
+    """Convert Alpaca JSON/JSONL or the paper's released files into tuna records (JSONL).
+
+    docs/fidelity.md says what each released field becomes.
 
     Args:
         fmt: alpaca | tuna-train (train.*.w_orig_alpaca.json) | tuna-davinci (the text-davinci-003 data) |

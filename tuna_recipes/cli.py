@@ -29,8 +29,18 @@ _MODULES = (tuna.importers, tuna.feedback.commands, evaluation.commands, evaluat
             tuna_recipes.pipeline.commands, tuna_recipes.demo, tuna_recipes.reproduce)
 
 
+DESCRIPTION = ("Tuna, instruction tuning using feedback from LLMs (Li et al. 2023): make and rank candidate responses, "
+               "train on the rankings, evaluate, report. `tuna <command> --help` explains each command.")
+
+# A command's line in `tuna --help` is the first line of its docstring (jsonargparse); a group's is its "_help".
+GROUP_HELP = {
+    "train": "Train a student, one stage at a time: SFT, probabilistic ranking (Tuna_p), contextual ranking (Tuna).",
+    "eval": "Evaluate a model: Super-NI, LMentry, Vicuna QA, a verifiable split, held-out pair accuracy.",
+}
+
+
 def commands() -> dict[str, Any]:
-    """Every command by name (nested dicts are command groups: ``train``, ``eval``)."""
+    """Every command by name (nested dicts are command groups: ``train``, ``eval``, each with its ``_help`` line)."""
     cmds: dict[str, Any] = dict(tuna.train.commands())
     for mod in _MODULES:
         for name, cmd in mod.COMMANDS.items():  # command groups (eval) may come from several modules
@@ -38,6 +48,8 @@ def commands() -> dict[str, Any]:
                 cmds[name] = {**cmds[name], **cmd}
             else:
                 cmds[name] = cmd
+    for name, text in GROUP_HELP.items():
+        cmds[name] = {"_help": text, **cmds[name]}
     return cmds
 
 
@@ -153,7 +165,8 @@ def main(argv: list[str] | None = None) -> Any:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         check_config_files(args)
-        return _run_config(CLI(commands(), args=args, as_positional=False, prog="tuna", exit_on_error=False))
+        return _run_config(CLI(commands(), args=args, as_positional=False, prog="tuna", description=DESCRIPTION,
+                               exit_on_error=False))
     except argparse.ArgumentError as e:
         if os.environ.get("TUNA_DEBUG"):
             raise

@@ -29,8 +29,9 @@ class InstructionSlice:
 
 @dataclass
 class TeacherConfig(GeneratorConfig, SamplingConfig):
-    """Probabilistic ranking: who samples the candidates, how, and how they are scored. The embedded teacher is
-    Gemma-3-270M (a base model) sampling without top-k, as text-davinci-003 through the OpenAI API did (no top-k
+    """Probabilistic ranking: who samples the candidates, how, and how they are scored.
+
+    The embedded teacher is Gemma-3-270M (a base model) sampling without top-k, as text-davinci-003 through the OpenAI API did (no top-k
     there), with short answers for a CPU."""
 
     top_k: int = 0
@@ -97,8 +98,10 @@ class VerifiableConfig(SplitSizes):
 
 @dataclass
 class EvalConfig:
-    """Which benchmarks each model gets, on how much data, and where. The defaults are the demo's (slices, 0-shot
-    Super-NI, short answers; its tables say so); experiments/pipeline/paper.yaml sets the benchmarks' protocols."""
+    """Which benchmarks each model gets, on how much data, and where.
+
+    The defaults are the demo's (slices, 0-shot Super-NI, short answers; its tables say so);
+    experiments/pipeline/paper.yaml sets the benchmarks' protocols."""
 
     benchmarks: list[str] = field(default_factory=lambda: ["lmentry", "superni", "vicuna"])
     lmentry_limit: int | None = 3
@@ -134,6 +137,12 @@ class EvalConfig:
 
 @dataclass
 class PipelineConfig:
+    """Run the whole recipe: SFT, probabilistic and contextual ranking, the Tuna variants and their evaluation.
+
+    One config from the student to the tables: optional SFT, the teacher's samples and ranking (Tuna_p), the
+    student's samples ranked by the judge (Tuna_c, Tuna), each variant's evaluation and the report; every step is
+    cached in run_dir and a re-run resumes."""
+
     name: str = "demo"
     run_dir: str = "runs/demo"
     results_dir: str = "results/demo"
@@ -148,9 +157,10 @@ class PipelineConfig:
     prob_rank: StageConfig = field(default_factory=lambda: embedded_stage("prob-rank"))
     student_sampling: StudentSamplingConfig = field(default_factory=StudentSamplingConfig)
     judge: JudgeConfig = field(default_factory=embedded_judge)
+    # The embedded demo trains 16 records (plus their gold copies) for one epoch: at the paper's 1e-6 (a 7B model,
+    # thousands of steps) a 135M student does not move in 16 steps, so the demo uses 1e-5, as its prob-rank stage.
     context_rank: StageConfig = field(default_factory=lambda: embedded_stage("context-rank", optim=OptimConfig(lr=1e-5)))
-    """The embedded demo trains 16 records (plus their gold copies) for one epoch: at the paper's 1e-6 (a 7B model,
-    thousands of steps) a 135M student does not move in 16 steps, so the demo uses 1e-5, as its prob-rank stage."""
+    """Contextual ranking, stage 2 (the demo trains at LR 1e-5: 1e-6 does not move a 135M student in 16 steps)."""
     variants: list[str] = field(default_factory=lambda: ["tuna_p", "tuna_c", "tuna"])
     """Models to build: tuna_p (prob. ranking), tuna_c (contextual from the student), tuna (contextual from
     Tuna_p), tuna_cp (probabilistic ranking after Tuna_c: the c→p order), best_of_n (SFT on the top candidate of

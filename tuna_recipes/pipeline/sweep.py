@@ -68,8 +68,10 @@ class SelectConfig:
 
 @dataclass
 class SweepConfig:
-    """A grid over any pipeline config keys (or named arms, each its own overrides): one run per combination or
-    arm (and per seed), then the ablation tables."""
+    """Sweep pipeline config keys or named arms: one pipeline run per combination (and seed), then ablation tables.
+
+    A grid over any dotted pipeline config keys, or named arms, each with its own overrides; one run per combination
+    or arm and per seed."""
 
     base: str | None = None
     """A pipeline YAML (default: the embedded demo settings)."""
