@@ -88,12 +88,12 @@ class _HFChat:
         self.lock = threading.Lock()  # one generate at a time: torch already uses all cores
 
     def __call__(self, req: ChatRequest) -> tuple[str, int, int, str]:
-        from tuna.feedback.generators import SamplingParams
+        from tuna.generation import GenerationConfig
 
         tok = self.gen.tokenizer
         # A prefilled start of the reply (e.g. "rank: [") steers a weak local judge into the parseable format.
         prompt = tok.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False) + self.prefix
-        params = SamplingParams(n=1, temperature=req.temperature, top_p=req.top_p, top_k=0,  # like an API judge
+        params = GenerationConfig(n=1, temperature=req.temperature, top_p=req.top_p, top_k=0,  # like an API judge
                                 max_new_tokens=req.max_tokens, seed=req.seed or 0)
         with self.lock:
             g = self.gen.generate([prompt], params)[0][0]
