@@ -62,5 +62,6 @@ class BenchmarkJob:
 class EvalJob(BenchmarkJob):
     """An evaluation whose model answers: how it decodes."""
 
-    generation: GenerationConfig = field(default_factory=lambda: greedy(128))
-    """Decoding of the answers (one answer per item: generation.n is 1)."""
+    generation: GenerationConfig = field(default_factory=lambda: greedy(GenerationConfig.max_new_tokens))
+    """Decoding of the answers (one answer per item: generation.n is 1). Greedy; each benchmark's job sets its
+    protocol's length."""
