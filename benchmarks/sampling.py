@@ -76,7 +76,8 @@ def main() -> None:
         args.prompts, args.baseline_prompts, args.max_new_tokens, args.batch_size = 4, 1, 16, 4
     import torch
 
-    from tuna.feedback.generators import SamplingParams, make_generator
+    from tuna.feedback.generators import make_generator
+    from tuna.generation import GenerationConfig
     from tuna.models import load_tokenizer
 
     torch.set_num_threads(2)
@@ -84,14 +85,14 @@ def main() -> None:
     gen = make_generator("hf", "smollm2-135m-instruct", batch_size=args.batch_size, dtype="float32", tokenizer=tok)
     model = gen.model
     prompts = alpaca_prompts(args.prompts, tok)
-    params = SamplingParams(n=args.n, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.max_new_tokens, seed=0)
+    params = GenerationConfig(n=args.n, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.max_new_tokens, seed=0)
     eos_ids = model.generation_config.eos_token_id
     eos = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
     kw = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.max_new_tokens,
               pad_token_id=tok.pad_token_id)
 
     # warm-up
-    gen.generate(prompts[:1], SamplingParams(n=1, max_new_tokens=4))
+    gen.generate(prompts[:1], GenerationConfig(n=1, max_new_tokens=4))
 
     env = env_info("cpu", "fp32")
     tag = env_tag(env)

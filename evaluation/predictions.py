@@ -20,11 +20,13 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from evaluation.config import RuntimeConfig
 from tuna.errors import TunaError
+from tuna.generation import GenerationConfig
 from tuna.records import JsonlAppender, atomic_write_json, iter_json_lines
 
 log = logging.getLogger(__name__)
@@ -45,37 +47,28 @@ def run_dir(out_root: str | os.PathLike, benchmark: str, model: str, settings: d
     return Path(out_root) / benchmark / model_slug(model) / settings_hash(settings)
 
 
-@dataclass
-class GenerationSettings:
-    """How the student generates (part of the settings hash, except ``batch_size``/``device``/``tokenizer``)."""
+SAMPLING_KNOBS = ("top_p", "top_k", "seed")
+"""Decoding settings that change an answer only when it is sampled."""
 
-    backend: str = "hf"
-    """hf | openai | vllm (resolved from ``auto`` by :func:`resolve_backend`)."""
-    template: str = "alpaca"
-    max_new_tokens: int = 128
-    batch_size: int = 8
-    dtype: str = "float32"
-    device: str = "cpu"
-    base_url: str | None = None
-    temperature: float = 0.0
-    """0 = greedy (every benchmark's default here)."""
-    tokenizer: str | None = None
-    """The model's tokenizer when ``model`` does not name one (an OpenAI-compatible server's model name)."""
-    max_model_len: int | None = None
-    """The context window prompts must fit in with their new tokens (None: the model config's)."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
-    def hashed(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"backend": self.backend, "template": self.template, "max_new_tokens": self.max_new_tokens,
-                               "dtype": self.dtype}
-        if self.temperature > 0:  # only when set, so greedy runs keep the hashes they had
-            out["temperature"] = self.temperature
-        return out
+def hashed_settings(template: str, gen: GenerationConfig, rt: RuntimeConfig) -> dict[str, Any]:
+    """What of the prompt, decoding and runtime goes into a run's settings hash (not ``batch_size``, ``device`` or
+    ``tokenizer``: they do not change the answers). A knob enters only when it differs from its default, so that runs
+    keep the hashes they had before it could be set."""
+    out: dict[str, Any] = {"backend": rt.backend, "template": template, "max_new_tokens": gen.max_new_tokens, "dtype": rt.dtype}
+    if gen.temperature > 0:
+        out["temperature"] = gen.temperature
+        out.update({k: getattr(gen, k) for k in SAMPLING_KNOBS if getattr(gen, k) != getattr(GenerationConfig, k)})
+    if gen.stop:
+        out["stop"] = list(gen.stop)
+    return out
 
-    def decoding(self) -> dict[str, Any]:
-        """The decoding settings as the protocol records them."""
-        return {"decoding": "greedy" if self.temperature <= 0 else f"sampling T={self.temperature}",
-                "max_new_tokens": self.max_new_tokens}
+
+def decoding_fields(gen: GenerationConfig) -> dict[str, Any]:
+    """The decoding as the protocol records it."""
+    how = "greedy" if gen.temperature <= 0 else " ".join(
+        [f"sampling T={gen.temperature}"] + [f"{k}={getattr(gen, k)}" for k in SAMPLING_KNOBS if getattr(gen, k) != getattr(GenerationConfig, k)])
+    return {"decoding": how, "max_new_tokens": gen.max_new_tokens}
 
 
 def resolve_backend(backend: str, device: str) -> str:
@@ -87,20 +80,17 @@ def resolve_backend(backend: str, device: str) -> str:
     return "vllm" if device.startswith("cuda") and importlib.util.find_spec("vllm") is not None else "hf"
 
 
-def generation_settings(backend: str, template: str, max_new_tokens: int, batch_size: int, dtype: str, device: str,
-                        base_url: str | None, *, temperature: float = 0.0, tokenizer: str | None = None,
-                        max_model_len: int | None = None) -> GenerationSettings:
-    """Generation settings with ``auto`` resolved where the model runs: the device (cuda when available), the backend
-    (vLLM there when installed, else batched HF) and the dtype (bf16 only where the device computes it natively)."""
+def resolve_runtime(rt: RuntimeConfig) -> RuntimeConfig:
+    """``rt`` with ``auto`` resolved where the model runs: the device (cuda when available), the backend (vLLM there
+    when installed, else batched HF) and the dtype (bf16 only where the device computes it natively)."""
     from tuna.precision import device_type, resolve_dtype
 
-    if backend in ("hf", "vllm", "auto"):  # the resolved dtype is part of the settings hash: fp32 and bf16 are kept apart
-        device = device_type(device)
-        backend = resolve_backend(backend, device)
-        dtype = resolve_dtype(dtype, "cuda" if backend == "vllm" else device)
-    return GenerationSettings(backend=backend, template=template, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                              dtype=dtype, device=device, base_url=base_url, temperature=temperature, tokenizer=tokenizer,
-                              max_model_len=max_model_len)
+    if rt.backend not in ("hf", "vllm", "auto"):
+        return rt
+    # the resolved dtype is part of the settings hash: fp32 and bf16 are kept apart
+    device = device_type(rt.device)
+    backend = resolve_backend(rt.backend, device)
+    return replace(rt, device=device, backend=backend, dtype=resolve_dtype(rt.dtype, "cuda" if backend == "vllm" else device))
 
 
 def render(texts: Sequence[str], template: str, model: str, tokenizer: Any = None) -> list[str]:
@@ -162,41 +152,41 @@ class PromptBudget:
             if n + max_new_tokens > self.context:
                 raise TunaError(f"{desc} item {it['id']}: prompt {n} tokens + {max_new_tokens} new tokens > the "
                                 f"{self.context}-token context of {self.model} (lower max_new_tokens or the source length, "
-                                f"or set max_model_len if the server allows more)", field="max_model_len")
+                                f"or set runtime.max_model_len if the server allows more)", field="runtime.max_model_len")
         return longest
 
 
-def prompt_budget(model: str, gen: GenerationSettings) -> PromptBudget:
-    """The tokenizer (``gen.tokenizer`` or the model's) and context window (``gen.max_model_len`` or the config's)."""
+def prompt_budget(model: str, rt: RuntimeConfig) -> PromptBudget:
+    """The tokenizer (``rt.tokenizer`` or the model's) and context window (``rt.max_model_len`` or the config's)."""
     from tuna.models import load_tokenizer
 
-    ref = gen.tokenizer or model
+    ref = rt.tokenizer or model
     try:
         tok = load_tokenizer(ref)
     except TunaError as e:
-        raise TunaError(f"backend {gen.backend}: need the model's tokenizer to truncate sources and check that prompts fit; "
-                        f"{e} (pass --tokenizer with a folder or hub id holding it)", field="tokenizer") from None
-    ctx = gen.max_model_len or context_length(ref)
+        raise TunaError(f"backend {rt.backend}: need the model's tokenizer to truncate sources and check that prompts fit; "
+                        f"{e} (pass --runtime.tokenizer with a folder or hub id holding it)", field="runtime.tokenizer") from None
+    ctx = rt.max_model_len or context_length(ref)
     if not ctx:
-        raise TunaError(f"the context window of {ref} is unknown: pass --max_model_len", field="max_model_len")
+        raise TunaError(f"the context window of {ref} is unknown: pass --runtime.max_model_len", field="runtime.max_model_len")
     return PromptBudget(tok, int(ctx), model)
 
 
-def make_student(model: str, gen: GenerationSettings) -> Any:
+def make_student(model: str, rt: RuntimeConfig) -> Any:
     from tuna.feedback.generators import make_generator
 
-    kwargs: dict[str, Any] = dict(gen.extra)
-    if gen.backend == "hf":
-        kwargs.update(batch_size=gen.batch_size, dtype=gen.dtype, device=gen.device)
-    elif gen.backend == "openai":
-        if gen.base_url:
-            kwargs["base_url"] = gen.base_url
+    kwargs: dict[str, Any] = {}
+    if rt.backend == "hf":
+        kwargs.update(batch_size=rt.batch_size, dtype=rt.dtype, device=rt.device)
+    elif rt.backend == "openai":
+        if rt.base_url:
+            kwargs["base_url"] = rt.base_url
         kwargs.setdefault("mode", "completions")
-    elif gen.backend == "vllm":
-        kwargs["dtype"] = gen.dtype
-        if gen.max_model_len:
-            kwargs["max_model_len"] = gen.max_model_len
-    return make_generator(gen.backend, model, **kwargs)
+    elif rt.backend == "vllm":
+        kwargs["dtype"] = rt.dtype
+        if rt.max_model_len:
+            kwargs["max_model_len"] = rt.max_model_len
+    return make_generator(rt.backend, model, **kwargs)
 
 
 def generate_cached(
@@ -204,21 +194,21 @@ def generate_cached(
     path: str | os.PathLike,
     *,
     model: str,
-    gen: GenerationSettings,
+    gen: GenerationConfig,
+    runtime: RuntimeConfig,
     generator: Any = None,
     budget: PromptBudget | None = None,
     chunk: int = 32,
     desc: str = "generate",
 ) -> dict[str, dict[str, Any]]:
-    """Predictions for ``items`` (each ``{"id", "prompt", ...}``), appended to ``path`` chunk by chunk (greedy
-    unless ``gen.temperature`` > 0, then sampled with seed 0).
+    """Predictions for ``items`` (each ``{"id", "prompt", ...}``), appended to ``path`` chunk by chunk, decoded as
+    ``gen`` says (one answer per item) by the model ``runtime`` runs.
 
     Items whose id is already in ``path`` are not generated again; the others are first checked against
     ``budget`` (every prompt must fit the context with its new tokens). ``generator`` overrides the student built
     from ``model``/``gen`` (tests pass a stub). Returns ``{id: row}`` for every item."""
-    from tuna.feedback.generators import SamplingParams
-
-    params = SamplingParams(n=1, temperature=gen.temperature, max_new_tokens=gen.max_new_tokens, seed=0)
+    if gen.n != 1:
+        raise TunaError(f"a benchmark answer is one generation: generation.n must be 1, got {gen.n}", field="generation.n")
     with JsonlAppender(path) as out:
         todo = [it for it in items if str(it["id"]) not in out.done_ids]
         if todo and budget is not None:
@@ -226,11 +216,11 @@ def generate_cached(
         if todo:
             log.info("%s: %d of %d items to generate (%d cached) -> %s", desc, len(todo), len(items), len(items) - len(todo), path)
             if generator is None:
-                generator = make_student(model, gen)
+                generator = make_student(model, runtime)
             t0 = time.monotonic()
             for start in range(0, len(todo), chunk):
                 batch = todo[start : start + chunk]
-                outs = generator.generate([it["prompt"] for it in batch], params)
+                outs = generator.generate([it["prompt"] for it in batch], gen)
                 for it, gens in zip(batch, outs):
                     g = gens[0]
                     row = {k: v for k, v in it.items() if k not in ("references",)}

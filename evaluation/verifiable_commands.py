@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from evaluation import protocol
+from evaluation.config import BenchmarkJob, EvalJob, RuntimeConfig, greedy
+from evaluation.flow import EvalRun
 from evaluation.verifiable import SplitSizes
 from tuna.errors import EmptyOutputError, TunaError
+from tuna.generation import GenerationConfig
 from tuna.hashing import file_hash
 from tuna.paths import data_file
 
@@ -87,125 +89,89 @@ def rank(input: str, out: str, by: str = "task", limit: int | None = None, offse
     return out
 
 
-def eval_verifiable(
-    model: str,
-    data: str,
-    by: str = "task",
-    limit: int | None = None,
-    template: str = "alpaca",
-    backend: str = "auto",
-    max_new_tokens: int = 48,
-    batch_size: int = 16,
-    dtype: str = "auto",
-    device: str = "auto",
-    base_url: str | None = None,
-    out_root: str = "runs/eval",
-    tags: dict[str, Any] | None = None,
-    split: str | None = None,
-) -> str:
-    """Greedy answers on a verifiable split (e.g. heldout.jsonl), scored by each item's own verifier.
+@dataclass(kw_only=True)
+class VerifiableJob(EvalJob):
+    """Greedy answers on a verifiable split (e.g. heldout.jsonl), scored by each item's own verifier. --limit takes
+    the first n records."""
 
-    Args:
-        model: The model to generate with.
-        data: Instruction records from `tuna verifiable-data`.
-        by: task | rouge_l (see `tuna rank`).
-        limit: First n records.
-        template: alpaca | chat | raw.
-        backend: auto (vLLM on a GPU where installed, else HF) | hf | openai | vllm.
-        max_new_tokens: Answer length.
-        batch_size: Prompts per generation batch.
-        dtype: auto | float32 | bfloat16 | float16.
-        device: auto | cpu | cuda.
-        base_url: OpenAI-compatible server (backend openai).
-        out_root: Where runs go.
-        tags: Free labels stored in results.json.
-        split: The split's name (heldout | val), recorded in the protocol and the column label.
-    """
-    from evaluation.predictions import Timer, generate_cached, generation_settings, render, start_run, write_results
+    data: str
+    """Instruction records from `tuna verifiable-data`."""
+    by: str = "task"
+    """task | rouge_l (see `tuna rank`)."""
+    split: str | None = None
+    """The split's name (heldout | val), recorded in the protocol and the column label."""
+    generation: GenerationConfig = field(default_factory=lambda: greedy(48))
+    """Decoding of the answers."""
+    runtime: RuntimeConfig = field(default_factory=lambda: RuntimeConfig(batch_size=16))
+    """Where the model runs."""
+
+
+def run_verifiable(job: VerifiableJob) -> str:
     from evaluation.verifiable import item_scores, summarise_items
-    from tuna.records import atomic_write_text, read_records
+    from tuna.records import read_records
 
-    timer = Timer()
-    records = read_records(data)[:limit] if limit else read_records(data)
-    gen = generation_settings(backend, template, max_new_tokens, batch_size, dtype, device, base_url)
-    settings = {"benchmark": "verifiable", "model": model, "data": str(data), "data_hash": file_hash(data), "n": len(records),
-                "by": by, **gen.hashed()}
-    d = start_run(out_root, "verifiable", model, settings)
-    prompts = render([r.instruction for r in records], template, model)
-    items = [{"id": r.id, "prompt": p} for r, p in zip(records, prompts)]
-    preds = generate_cached(items, d / "predictions.jsonl", model=model, gen=gen, desc="verifiable")
-    rows = item_scores(records, {k: v["prediction"] for k, v in preds.items()}, by)  # type: ignore[arg-type]
-    atomic_write_text(d / "scores.jsonl", "".join(json.dumps(x) + "\n" for x in rows))
+    run = EvalRun(job, "verifiable")
+    records = read_records(job.data)[:job.limit] if job.limit else read_records(job.data)
+    run.start({"benchmark": "verifiable", "model": run.model, "data": str(job.data), "data_hash": file_hash(job.data),
+               "n": len(records), "by": job.by})
+    # the prompts are short instructions: no tokenizer is loaded to check that they fit
+    prompts = run.render([r.instruction for r in records], budget=False)
+    preds = run.generate([{"id": r.id, "prompt": p} for r, p in zip(records, prompts)], "verifiable", budget=False)
+    rows = item_scores(records, {k: v["prediction"] for k, v in preds.items()}, job.by)  # type: ignore[arg-type]
     metrics = summarise_items(rows)
-    fields = {"items": len(records), "data": settings["data_hash"], "by": by, "max_new_tokens": max_new_tokens,
-              "decoding": "greedy", **protocol.template_fields(template, model)[0], **({"split": split} if split else {})}
-    path = write_results(d, benchmark="verifiable", model=model, settings=settings, metrics=metrics, wall_time_s=timer(), tags=tags,
-                         extra={"protocol": protocol.make("verifiable", fields),
-                                "item_scores": {"file": "scores.jsonl", "unit": "item", "id": "id", "values": ["score"]}})
+    fields = {"items": len(records), "data": run.settings["data_hash"], "by": job.by, "max_new_tokens": job.generation.max_new_tokens,
+              "decoding": run.protocol_decoding()["decoding"], **protocol.template_fields(job.template, job.model)[0],
+              **({"split": job.split} if job.split else {})}
+    path = run.finish(metrics, {"protocol": protocol.make("verifiable", fields),
+                                "item_scores": {"file": "scores.jsonl", "unit": "item", "id": "id", "values": ["score"]}},
+                      scores=rows)
     per = ", ".join(f"{k} {v['score']:.2f} (n={v['n']})" for k, v in metrics["per_benchmark"].items())
-    print(f"verifiable {model}: {metrics['score']:.2f} over {metrics['n']} items ({per}) -> {path}")
+    print(f"verifiable {job.model}: {metrics['score']:.2f} over {metrics['n']} items ({per}) -> {path}")
     return str(path)
 
 
-def eval_pairs(
-    model: str,
-    data: str,
-    limit: int | None = None,
-    template: str = "alpaca",
-    max_length: int = 512,
-    batch_size: int = 4,
-    dtype: str = "float32",
-    device: str = "auto",
-    logprob_mode: str = "chunked",
-    out_root: str = "runs/eval",
-    tags: dict[str, Any] | None = None,
-    split: str | None = None,
-) -> str:
+@dataclass(kw_only=True)
+class PairsJob(BenchmarkJob):
     """Held-out pair accuracy: how often the model's likelihood orders a ranked set's candidates as the ranking does.
 
     The share of a ranked set's untied candidate pairs whose order by the model's length-normalised log-likelihood
     matches the ranking (the most direct measure that a ranking was learned).
+    --template: the one training used; --limit: the first n records; --runtime.batch_size: records per forward pass."""
 
-    Args:
-        model: The model whose log-likelihoods are compared.
-        data: Ranked sets the model never trained on (e.g. `tuna rank` on held-out samples).
-        limit: First n records.
-        template: The prompt template training used (alpaca | chat | raw).
-        max_length: Token limit per prompt + response (as in training).
-        batch_size: Records per forward pass.
-        dtype: float32 (default: exact comparisons) | auto | bfloat16.
-        device: auto | cpu | cuda.
-        logprob_mode: chunked | full | packed | prefix_shared (all give the same scores; tested).
-        out_root: Where runs go.
-        tags: Free labels stored in results.json.
-        split: The split's name (heldout | val), recorded in the protocol and the column label.
-    """
-    from evaluation.predictions import Timer, start_run, write_results
+    data: str
+    """Ranked sets the model never trained on (e.g. `tuna rank` on held-out samples)."""
+    max_length: int = 512
+    """Token limit per prompt + response (as in training)."""
+    logprob_mode: str = "chunked"
+    """chunked | full | packed | prefix_shared (all give the same scores; tested)."""
+    split: str | None = None
+    """The split's name (heldout | val), recorded in the protocol and the column label."""
+    runtime: RuntimeConfig = field(default_factory=lambda: RuntimeConfig(backend="hf", dtype="float32", batch_size=4))
+    """Where the model runs (a forward pass in process: backend hf; dtype float32 by default, for exact comparisons)."""
+
+
+def run_pairs(job: PairsJob) -> str:
     from evaluation.verifiable import model_pair_outcomes, summarise_pairs
     from tuna.models import load_model, load_tokenizer
-    from tuna.precision import device_type, resolve_dtype
-    from tuna.records import atomic_write_text, read_records
+    from tuna.records import read_records
 
-    timer = Timer()
-    records = read_records(data, kind="ranked")
-    records = records[:limit] if limit else records
-    device = device_type(device)
-    dtype = resolve_dtype(dtype, device)
-    settings = {"benchmark": "pairs", "model": model, "data": str(data), "data_hash": file_hash(data), "n": len(records),
-                "template": template, "max_length": max_length, "dtype": dtype}
-    d = start_run(out_root, "pairs", model, settings)
-    tok = load_tokenizer(model)
-    lm = load_model(model, dtype=dtype, tokenizer=tok).to(device)
-    rows = model_pair_outcomes(lm, tok, records, template=template, max_length=max_length, batch_size=batch_size,
-                               logprob_mode=logprob_mode)
-    atomic_write_text(d / "scores.jsonl", "".join(json.dumps(x) + "\n" for x in rows))
+    run = EvalRun(job, "pairs")
+    records = read_records(job.data, kind="ranked")
+    records = records[:job.limit] if job.limit else records
+    run.start({"benchmark": "pairs", "model": run.model, "data": str(job.data), "data_hash": file_hash(job.data),
+               "n": len(records), "template": job.template, "max_length": job.max_length, "dtype": run.runtime.dtype},
+              generates=False)
+    tok = load_tokenizer(run.model)
+    lm = load_model(run.model, dtype=run.runtime.dtype, tokenizer=tok).to(run.runtime.device)
+    rows = model_pair_outcomes(lm, tok, records, template=job.template, max_length=job.max_length,
+                               batch_size=run.runtime.batch_size, logprob_mode=job.logprob_mode)
     metrics = summarise_pairs(rows)
-    fields = {"sets": len(records), "data": settings["data_hash"], "max_length": max_length,
-              **protocol.template_fields(template, model)[0], **({"split": split} if split else {})}
-    path = write_results(d, benchmark="pairs", model=model, settings=settings, metrics=metrics, wall_time_s=timer(), tags=tags,
-                         extra={"protocol": protocol.make("pairs", fields),
-                                "item_scores": {"file": "scores.jsonl", "unit": "ranked set", "id": "id", "values": ["right", "pairs"]}})
-    print(f"pair accuracy {model}: {metrics['pair_accuracy']} over {metrics['pairs']} pairs in {metrics['n']} sets "
+    fields = {"sets": len(records), "data": run.settings["data_hash"], "max_length": job.max_length,
+              **protocol.template_fields(job.template, job.model)[0], **({"split": job.split} if job.split else {})}
+    path = run.finish(metrics, {"protocol": protocol.make("pairs", fields),
+                                "item_scores": {"file": "scores.jsonl", "unit": "ranked set", "id": "id", "values": ["right", "pairs"]}},
+                      scores=rows)
+    print(f"pair accuracy {job.model}: {metrics['pair_accuracy']} over {metrics['pairs']} pairs in {metrics['n']} sets "
           f"({metrics['tied_pairs']} tied pairs not scored) -> {path}")
     return str(path)
 
@@ -236,4 +202,5 @@ def evidence_export(runs: str = "runs/verifiable", out: str = "results/verifiabl
 
 
 COMMANDS = {"verifiable-data": verifiable_data, "rank": rank, "evidence-export": evidence_export,
-            "eval": {"verifiable": eval_verifiable, "pairs": eval_pairs}}
+            "eval": {"verifiable": VerifiableJob, "pairs": PairsJob}}
+RUNNERS = {VerifiableJob: run_verifiable, PairsJob: run_pairs}

@@ -38,7 +38,7 @@ def _check_common(res: dict, benchmark: str) -> None:
 
 
 def test_superni_tiny_resume(shared_data, out_root):
-    args = ("eval", "superni", "--model", "tiny-random-llama", "--limit", "2", "--max_new_tokens", "4",
+    args = ("eval", "superni", "--model", "tiny-random-llama", "--limit", "2", "--generation.max_new_tokens", "4",
             "--data", str(shared_data / "superni/superni_test_slice.jsonl.gz"), "--out_root", str(out_root))
     path = _run(*args)
     res = json.loads(Path(path).read_text()) | {"_p": path}
@@ -62,7 +62,7 @@ def test_superni_tiny_resume(shared_data, out_root):
 
 
 def test_lmentry_tiny(shared_data, out_root):
-    path = _run("eval", "lmentry", "--model", "tiny-random-llama", "--limit", "3", "--max_new_tokens", "4",
+    path = _run("eval", "lmentry", "--model", "tiny-random-llama", "--limit", "3", "--generation.max_new_tokens", "4",
                 "--data", str(shared_data / "lmentry/lmentry_tasks.json.gz"), "--out_root", str(out_root))
     res = json.loads(Path(path).read_text()) | {"_p": path}
     _check_common(res, "lmentry")
@@ -76,8 +76,8 @@ def test_lmentry_tiny(shared_data, out_root):
 
 @pytest.mark.parametrize("orders", ["single", "both"])
 def test_vicuna_tiny_judge_errors_are_recorded(shared_data, out_root, orders):
-    path = _run("eval", "vicuna", "--model", "tiny-random-llama", "--limit", "2", "--max_new_tokens", "4",
-                "--judge_model", "tiny-random-llama", "--judge_backend", "hf", "--judge_max_tokens", "3", "--orders", orders,
+    path = _run("eval", "vicuna", "--model", "tiny-random-llama", "--limit", "2", "--generation.max_new_tokens", "4",
+                "--judge.model", "tiny-random-llama", "--judge.backend", "hf", "--review_max_tokens", "3", "--orders", orders,
                 "--data", str(shared_data / "vicuna_qa"), "--out_root", str(out_root))
     res = json.loads(Path(path).read_text())
     m = res["metrics"]
@@ -101,10 +101,10 @@ def test_report_on_runs(out_root, tmp_path):
 @pytest.mark.slow
 def test_smollm2_tiny_limit(shared_data, tmp_path):
     path = _run("eval", "superni", "--model", "smollm2-135m-instruct", "--template", "chat", "--limit", "1",
-                "--tasks", "[task1154_bard_analogical_reasoning_travel,task827_copa_commonsense_reasoning]", "--max_new_tokens", "16",
+                "--tasks", "[task1154_bard_analogical_reasoning_travel,task827_copa_commonsense_reasoning]", "--generation.max_new_tokens", "16",
                 "--data", str(shared_data / "superni/superni_test_slice.jsonl.gz"), "--out_root", str(tmp_path))
     assert json.loads(Path(path).read_text())["metrics"]["n"] == 2
-    path = _run("eval", "lmentry", "--model", "smollm2-135m-instruct", "--template", "chat", "--limit", "3", "--max_new_tokens", "16",
+    path = _run("eval", "lmentry", "--model", "smollm2-135m-instruct", "--template", "chat", "--limit", "3", "--generation.max_new_tokens", "16",
                 "--tasks", "[first_letter,bigger_number]", "--data", str(shared_data / "lmentry/lmentry_tasks.json.gz"), "--out_root", str(tmp_path))
     m = json.loads(Path(path).read_text())["metrics"]
     assert m["per_task"]["first_letter"]["n"] == 3

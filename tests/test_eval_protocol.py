@@ -52,10 +52,10 @@ def test_paper_pipeline_evaluates_with_the_official_protocols_on_the_gpu():
 
     cfg = build_config(yaml.safe_load((REPO / "experiments/pipeline/paper.yaml").read_text()))
     e = cfg.evaluation
-    assert (e.superni_data, e.superni_limit, e.superni_num_pos_examples, e.max_new_tokens) == ("full", None, 2, 128)
+    assert (e.superni_data, e.superni_limit, e.superni_num_pos_examples, e.generation.max_new_tokens) == ("full", None, 2, 128)
     assert (e.lmentry_limit, e.vicuna_limit, e.vicuna_orders, e.vicuna_max_new_tokens) == (None, None, "single", 1024)
     assert e.vicuna_judge is not None and e.vicuna_judge.model == "gpt-4-0613" and e.vicuna_judge.backend == "openai"
-    assert (e.backend, e.dtype) == ("auto", "auto")
+    assert (e.runtime.backend, e.runtime.dtype, e.generation.temperature) == ("auto", "auto", 0.0)  # greedy
     trainers = [s.trainer for s in (cfg.sft, cfg.prob_rank, cfg.context_rank)]
     assert run_device(e, trainers) == "cuda"
 
@@ -66,7 +66,7 @@ def test_demo_evaluates_where_it_trains():
 
     cfg = PipelineConfig()
     assert run_device(cfg.evaluation, [cfg.prob_rank.trainer, cfg.context_rank.trainer]) == "cpu"
-    assert run_device(SimpleNamespace(device="cuda:1"), []) == "cuda:1"
+    assert run_device(SimpleNamespace(runtime=SimpleNamespace(device="cuda:1")), []) == "cuda:1"
     assert cfg.evaluation.superni_num_pos_examples == 0  # the demo's cheaper choice; its column says 0-shot and slice
 
 
@@ -87,24 +87,25 @@ def test_every_backend_checks_that_prompts_fit(backend, tmp_path):
     """The check runs before any generator is built, whatever the backend: a prompt longer than the context fails
     with the item's id (generate_cached is given no generator, so reaching generation would build one and fail
     differently)."""
-    from evaluation.predictions import GenerationSettings, generate_cached, prompt_budget
+    from evaluation.config import RuntimeConfig, greedy
+    from evaluation.predictions import generate_cached, prompt_budget
     from tuna.errors import TunaError
 
-    gen = GenerationSettings(backend=backend, max_new_tokens=16, max_model_len=64,
-                             tokenizer="tiny-random-llama" if backend == "openai" else None)
-    budget = prompt_budget("tiny-random-llama", gen)
+    rt = RuntimeConfig(backend=backend, max_model_len=64, tokenizer="tiny-random-llama" if backend == "openai" else None)
+    budget = prompt_budget("tiny-random-llama", rt)
     assert budget.context == 64
     items = [{"id": "ok", "prompt": "short"}, {"id": "q-long", "prompt": " ".join(["word"] * 80)}]
     with pytest.raises(TunaError, match="item q-long: prompt 80 tokens \\+ 16 new tokens > the 64-token context"):
-        generate_cached(items, tmp_path / f"{backend}.jsonl", model="tiny-random-llama", gen=gen, budget=budget)
+        generate_cached(items, tmp_path / f"{backend}.jsonl", model="tiny-random-llama", gen=greedy(16), runtime=rt, budget=budget)
     assert not (tmp_path / f"{backend}.jsonl").exists() or not (tmp_path / f"{backend}.jsonl").read_text()
 
 
 def test_context_length_comes_from_the_model_config():
-    from evaluation.predictions import GenerationSettings, context_length, prompt_budget
+    from evaluation.config import RuntimeConfig
+    from evaluation.predictions import context_length, prompt_budget
     from tuna.errors import TunaError
 
     assert context_length("tiny-random-llama") == 2048
     assert context_length("smollm2-135m-instruct") == 8192
-    with pytest.raises(TunaError, match="pass --tokenizer"):
-        prompt_budget("served-model-name", GenerationSettings(backend="openai"))
+    with pytest.raises(TunaError, match="pass --runtime.tokenizer"):
+        prompt_budget("served-model-name", RuntimeConfig(backend="openai"))

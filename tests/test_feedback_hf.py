@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from tuna.feedback.generators import Generation, HFGenerator, SamplingParams, make_generator
+from tuna.feedback.generators import Generation, HFGenerator, make_generator
 from tuna.feedback.scoring import ForcedScorer
+from tuna.generation import GenerationConfig
 from tuna.prompts import render_prompt
 from tuna.records import Candidate, Record
 
@@ -22,7 +23,7 @@ def tiny_gen(tiny_model, smol_tokenizer):
 
 def test_hf_shapes_logprobs_and_seed(tiny_gen) -> None:
     prompts = ["Hello", "A much longer prompt that needs left padding"] * 2
-    p = SamplingParams(n=3, temperature=1.0, max_new_tokens=6, seed=1, logprobs=True)
+    p = GenerationConfig(n=3, temperature=1.0, max_new_tokens=6, seed=1, logprobs=True)
     out = tiny_gen.generate(prompts, p)
     assert len(out) == 4 and all(len(g) == 3 for g in out)
     for gens in out:
@@ -36,7 +37,7 @@ def test_hf_shapes_logprobs_and_seed(tiny_gen) -> None:
 
 def test_hf_logprobs_are_raw_model_logprobs(tiny_gen, tiny_model, smol_tokenizer) -> None:
     """The reported log-probs equal teacher-forced log-probs of the sampled text (un-tempered)."""
-    p = SamplingParams(n=4, temperature=1.7, top_p=0.9, max_new_tokens=5, seed=3, logprobs=True)
+    p = GenerationConfig(n=4, temperature=1.7, top_p=0.9, max_new_tokens=5, seed=3, logprobs=True)
     prompt = "Name a colour:"
     gens = tiny_gen.generate([prompt], p)[0]
     enc = smol_tokenizer(prompt, return_tensors="pt")
@@ -57,7 +58,7 @@ def test_hf_logprobs_are_raw_model_logprobs(tiny_gen, tiny_model, smol_tokenizer
 def test_logprob_sources_agree(tiny_model, smol_tokenizer) -> None:
     """generate's raw logits and the teacher-forced pass over the samples give the same log-probs (left padding too)."""
     prompts = ["Hi", "A longer prompt, so the first row is left padded"]
-    p = SamplingParams(n=2, temperature=1.3, max_new_tokens=6, seed=5, logprobs=True)
+    p = GenerationConfig(n=2, temperature=1.3, max_new_tokens=6, seed=5, logprobs=True)
     a = HFGenerator(tiny_model, tokenizer=smol_tokenizer, batch_size=2, logprob_source="logits").generate(prompts, p)
     b = HFGenerator(tiny_model, tokenizer=smol_tokenizer, batch_size=2, logprob_source="forward").generate(prompts, p)
     for ga, gb in zip(sum(a, []), sum(b, [])):
@@ -68,11 +69,11 @@ def test_logprob_sources_agree(tiny_model, smol_tokenizer) -> None:
 def test_stop_string_cuts_text_and_logprobs(tiny_gen) -> None:
     """The same seeded sample, cut where a stop string starts: the text before it, the log-probs of the tokens
     that end before it (seed 0 samples 12 tokens, 92 characters, with this tiny model)."""
-    p = SamplingParams(n=1, temperature=1.0, max_new_tokens=12, seed=0, logprobs=True)
+    p = GenerationConfig(n=1, temperature=1.0, max_new_tokens=12, seed=0, logprobs=True)
     g = tiny_gen.generate(["x"], p)[0][0]
     assert g.num_tokens == 12 and len(g.text) >= 44, g.text
     stop = g.text[40:44]
-    g2 = tiny_gen.generate(["x"], SamplingParams(**{**p.__dict__, "stop": [stop]}))[0][0]
+    g2 = tiny_gen.generate(["x"], GenerationConfig(**{**p.__dict__, "stop": [stop]}))[0][0]
     assert g2.text == g.text[: g.text.index(stop)] and g2.finish_reason == "stop"
     assert 0 < g2.num_tokens < g.num_tokens and g2.token_logprobs == g.token_logprobs[: g2.num_tokens]
 
@@ -117,7 +118,7 @@ def test_smol_batched_greedy_equals_one_at_a_time(smol_dir, shared_data) -> None
     recs = import_alpaca(shared_data / "alpaca/alpaca_data_reconstructed.jsonl.gz", limit=2)
     gen = HFGenerator(smol_dir, batch_size=2, dtype="float32")  # exact padding check: fp32
     prompts = [render_prompt(r.instruction, r.input, template="chat", tokenizer=gen.tokenizer) for r in recs]
-    p = SamplingParams(n=1, temperature=0.0, max_new_tokens=8, logprobs=True)
+    p = GenerationConfig(n=1, temperature=0.0, max_new_tokens=8, logprobs=True)
     batched = [g[0] for g in gen.generate(prompts, p)]
     gen.batch_size = 1
     single = [g[0] for g in gen.generate(prompts, p)]

@@ -60,9 +60,10 @@ def _env() -> dict[str, str]:
 
 
 def test_server_completions_chat_n_logprobs(llama_server) -> None:
-    from tuna.feedback.generators import SamplingParams, make_generator
+    from tuna.feedback.generators import make_generator
+    from tuna.generation import GenerationConfig
 
-    p = SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=1, logprobs=True)
+    p = GenerationConfig(n=2, temperature=1.0, max_new_tokens=8, seed=1, logprobs=True)
     comp = make_generator("openai", llama_server.model, base_url=llama_server.base_url, mode="completions")
     out = comp.generate(["Three tips for staying healthy:\n1.", "The capital of France is"], p)
     assert len(out) == 2 and all(len(g) == 2 for g in out)  # llama.cpp ignores n: topped up with seeded calls

@@ -118,7 +118,8 @@ def test_lr_schedule_is_hugging_face_cosine_with_warmup_and_nothing_is_clipped(v
 
 
 def test_sampler_top_k_reaches_generate(smol_tokenizer, tiny_model):
-    from tuna.feedback.generators import HFGenerator, SamplingParams
+    from tuna.feedback.generators import HFGenerator
+    from tuna.generation import GenerationConfig
 
     gen = HFGenerator(tiny_model, tokenizer=smol_tokenizer, device="cpu", dtype="float32")
     seen = []
@@ -133,8 +134,8 @@ def test_sampler_top_k_reaches_generate(smol_tokenizer, tiny_model):
         return original(*a, **kw)
 
     gen.model.generate = spy
-    gen.generate(["Hello"], SamplingParams(n=2, max_new_tokens=3))
-    gen.generate(["Hello"], SamplingParams(n=2, max_new_tokens=3, top_k=0))
-    gen.generate(["Hello"], SamplingParams(n=1, max_new_tokens=3, temperature=0.0))
+    gen.generate(["Hello"], GenerationConfig(n=2, max_new_tokens=3))
+    gen.generate(["Hello"], GenerationConfig(n=2, max_new_tokens=3, top_k=0))
+    gen.generate(["Hello"], GenerationConfig(n=1, max_new_tokens=3, temperature=0.0))
     # default: generate's own default top_k (50), as the released sampler left it; 0: no top-k warper; greedy: no sampling
     assert seen == [50, 0, None]

@@ -58,8 +58,9 @@ def test_reproduce_end_to_end_prints_the_three_tables(shared_data, tmp_path):
             "paper_numbers": str(paper), "run_dir": str(tmp_path / "run"), "results_dir": str(tmp_path / "results"),
             "set": {**tiny_overrides(),
                     "evaluation": {"benchmarks": ["superni", "lmentry", "vicuna"], "superni_limit": 1, "lmentry_limit": 1,
-                                   "vicuna_limit": 1, "max_new_tokens": 4, "batch_size": 4, "superni_data": None,
-                                   "vicuna_judge": None, "vicuna_max_new_tokens": None, "device": "cpu"},
+                                   "vicuna_limit": 1, "generation": {"max_new_tokens": 4}, "superni_data": None,
+                                   "vicuna_judge": None, "vicuna_max_new_tokens": None,
+                                   "runtime": {"batch_size": 4, "device": "cpu"}},
                     "judge.model": "fault-judge", "judge.base_url": judge.base_url, "judge.api_key_env": "TUNA_TEST_KEY",
                     "judge.max_cost": None, "judge.concurrency": 1},
         }

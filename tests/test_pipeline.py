@@ -30,7 +30,7 @@ def tiny_pipeline(tmp: Path, **over) -> dict:
         "prob_rank": {"trainer": {"accelerator": "cpu", "precision": "32-true", "max_steps": 2}, "optim": {"lr": 1e-3}},
         "variants": ["tuna_p"],
         "evaluate": ["student", "tuna_p"],
-        "evaluation": {"benchmarks": ["lmentry", "superni"], "lmentry_limit": 1, "superni_limit": 1, "max_new_tokens": 4,
+        "evaluation": {"benchmarks": ["lmentry", "superni"], "lmentry_limit": 1, "superni_limit": 1, "generation": {"max_new_tokens": 4},
                        "template": "raw"},
     }
     for k, v in over.items():

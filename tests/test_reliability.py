@@ -285,8 +285,8 @@ def _vicuna_answers(path: Path, qids: list[int]) -> None:
 
 def _eval_vicuna_args(shared_data: Path, answers: Path, srv: FaultServer, out_root: Path, limit: int) -> list[str]:
     return ["eval", "vicuna", "--answers", str(answers), "--opponent", "gpt35", "--limit", str(limit), "--orders", "both",
-            "--judge_model", "fault-judge", "--judge_base_url", srv.base_url, "--judge_api_key_env", KEY_ENV,
-            "--judge_timeout", "1.5", "--judge_max_retries", "1", "--judge_concurrency", "4",
+            "--judge.model", "fault-judge", "--judge.base_url", srv.base_url, "--judge.api_key_env", KEY_ENV,
+            "--judge.timeout", "1.5", "--judge.max_retries", "1", "--judge.concurrency", "4",
             "--data", str(shared_data / "vicuna_qa"), "--out_root", str(out_root)]
 
 
@@ -446,8 +446,8 @@ def test_judge_sigkill_resume(shared_data, tmp_path, key) -> None:
 
 
 def _eval_args(shared_data: Path, out_root: Path, limit: int) -> list[str]:
-    return ["eval", "superni", "--model", "tiny-random-llama", "--limit", str(limit), "--max_new_tokens", "6",
-            "--batch_size", "1", "--data", str(shared_data / "superni/superni_test_slice.jsonl.gz"), "--out_root", str(out_root)]
+    return ["eval", "superni", "--model", "tiny-random-llama", "--limit", str(limit), "--generation.max_new_tokens", "6",
+            "--runtime.batch_size", "1", "--data", str(shared_data / "superni/superni_test_slice.jsonl.gz"), "--out_root", str(out_root)]
 
 
 def kill_resume_eval(shared_data: Path, tmp: Path, rng: random.Random, *, limit: int, kills: int) -> dict[str, Any]:
@@ -539,7 +539,7 @@ def _bad_cases(tmp: Path, shared: Path) -> dict[str, tuple[bytes | str, Callable
         "empty_file": (b"\n\n", judge, ["holds no records"]),
         "answers_bad_question_id": (_lines({"question_id": "one", "text": "hi"}),
                                     lambda p: ["eval", "vicuna", "--answers", str(p), "--data", str(shared / "vicuna_qa"),
-                                               "--judge_base_url", "http://127.0.0.1:9/v1", "--out_root", str(tmp / "ev")],
+                                               "--judge.base_url", "http://127.0.0.1:9/v1", "--out_root", str(tmp / "ev")],
                                     [":1: field 'question_id'", "integer"]),
         "model_path_missing": (_lines(_rec(1)), lambda p: train()(p)[:2] + ["--model.name_or_path", str(tmp / "no/such/model")]
                                + train()(p)[4:], ["no/such/model", "model path does not exist"]),
@@ -755,7 +755,7 @@ def test_api_key_from_env_or_key_file(shared_data, tmp_path, key, monkeypatch) -
         srv.auth_seen.clear()
         answers = tmp_path / "answers.jsonl"
         _vicuna_answers(answers, [1, 2])
-        run_tuna(_eval_vicuna_args(shared_data, answers, srv, tmp_path / "eval", 2) + ["--judge_api_key_file", str(key_file)])
+        run_tuna(_eval_vicuna_args(shared_data, answers, srv, tmp_path / "eval", 2) + ["--judge.api_key_file", str(key_file)])
         assert srv.auth_seen == {f"Bearer {file_key}"}
         assert OpenAIGenerator("m", base_url=srv.base_url, api_key_file=str(key_file)).client.api_key == file_key
     # errors name the file or the variable, never a value
@@ -808,7 +808,8 @@ def secrets_pipeline(tmp: Path, srv: FaultServer, key: str, *, limit: int, steps
                                      "checkpoint_every_n_steps": 1, "num_threads": 1},
                          "optim": {"lr": 1e-3}, "data": {"max_length": 96, "batch_size": 2}},
         "variants": ["tuna_c"], "evaluate": ["tuna_c"],
-        "evaluation": {"benchmarks": ["vicuna"], "vicuna_limit": questions, "max_new_tokens": 4, "template": "raw", "batch_size": 4},
+        "evaluation": {"benchmarks": ["vicuna"], "vicuna_limit": questions, "generation": {"max_new_tokens": 4}, "template": "raw",
+                       "runtime": {"batch_size": 4}},
     }
     cfg_path = tmp / "pipeline.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))

@@ -66,15 +66,16 @@ def test_gumbel_max_matches_the_warped_softmax(temperature, top_p, top_k):
 
 
 def test_generation_samples_are_seeded_and_diverse(smol_tokenizer, tiny_model):
-    from tuna.feedback.generators import HFGenerator, SamplingParams
+    from tuna.feedback.generators import HFGenerator
+    from tuna.generation import GenerationConfig
     from tuna.prompts import alpaca_prompt
 
     gen = HFGenerator(tiny_model, tokenizer=smol_tokenizer, dtype="float32", device="cpu", batch_size=2)
     prompts = [alpaca_prompt("Name a colour."), alpaca_prompt("Count to three.")]
-    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=6, seed=3)
+    params = GenerationConfig(n=4, temperature=1.0, max_new_tokens=6, seed=3)
     a, b = gen.generate(prompts, params), gen.generate(prompts, params)
     assert [[g.text for g in gs] for gs in a] == [[g.text for g in gs] for gs in b]  # same seed, same samples
     assert len(a) == 2 and all(len(gs) == 4 for gs in a)
     assert len({g.text for gs in a for g in gs}) > 4  # a random model sampled at T=1 does not repeat itself
-    greedy = gen.generate(prompts, SamplingParams(n=3, temperature=0.0, max_new_tokens=6))
+    greedy = gen.generate(prompts, GenerationConfig(n=3, temperature=0.0, max_new_tokens=6))
     assert all(len({g.text for g in gs}) == 1 for gs in greedy)  # greedy: n identical answers

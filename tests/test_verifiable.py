@@ -288,7 +288,7 @@ def test_verifiable_sweep_seeds_and_selection_end_to_end(shared_data, tmp_path):
                             "loss": {"ties": "skip"}, "data": {"regularizer": "none", "max_length": 256}}
     base["best_of_n"] = {"trainer": {"accelerator": "cpu", "precision": "32-true", "max_steps": 2}, "optim": {"lr": 1e-3},
                          "data": {"sft_target": "best", "max_length": 256}}
-    base["evaluation"] = {"benchmarks": ["verifiable", "pairs"], "template": "raw", "batch_size": 16}
+    base["evaluation"] = {"benchmarks": ["verifiable", "pairs"], "template": "raw", "runtime": {"batch_size": 16}}
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     sweep = {"base": str(tmp_path / "base.yaml"), "name": "v", "run_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "res"),
              "grid": {}, "baseline": "student [untrained/s0]", "seeds": [0, 1], "arm_seeds": {"untrained": [0]},

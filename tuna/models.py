@@ -54,7 +54,8 @@ def _offline_default() -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _embedded_gguf(name: str) -> Path:
+def embedded_gguf(name: str) -> Path:
+    """The GGUF file of an embedded model, from its weight package (the llama.cpp server serves it as is)."""
     spec_info = EMBEDDED[name]
     spec = importlib.util.find_spec(spec_info.package)
     if spec is None:
@@ -106,7 +107,7 @@ def resolve(name_or_path: str | os.PathLike) -> str:
     if ref in EMBEDDED:
         out = cache_root() / "models" / ref
         if not (out / "config.json").exists():
-            _convert_gguf(_embedded_gguf(ref), out, EMBEDDED[ref].chat_template)
+            _convert_gguf(embedded_gguf(ref), out, EMBEDDED[ref].chat_template)
         return str(out)
     p = Path(ref).expanduser()
     if p.suffix == ".gguf":

@@ -22,6 +22,7 @@ Shared by ``tuna judge`` and the evaluation package (Vicuna QA judge).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuna.errors import TunaError
-from tuna.feedback.config import UNREACHABLE_TIMEOUT
+from tuna.feedback.config import UNREACHABLE_TIMEOUT, EndpointConfig
 from tuna.feedback.endpoint import EndpointDown, EndpointHealth, watched_openai
 from tuna.feedback.keys import read_api_key
 
@@ -88,12 +89,12 @@ class _HFChat:
         self.lock = threading.Lock()  # one generate at a time: torch already uses all cores
 
     def __call__(self, req: ChatRequest) -> tuple[str, int, int, str]:
-        from tuna.feedback.generators import SamplingParams
+        from tuna.generation import GenerationConfig
 
         tok = self.gen.tokenizer
         # A prefilled start of the reply (e.g. "rank: [") steers a weak local judge into the parseable format.
         prompt = tok.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False) + self.prefix
-        params = SamplingParams(n=1, temperature=req.temperature, top_p=req.top_p, top_k=0,  # like an API judge
+        params = GenerationConfig(n=1, temperature=req.temperature, top_p=req.top_p, top_k=0,  # like an API judge
                                 max_new_tokens=req.max_tokens, seed=req.seed or 0)
         with self.lock:
             g = self.gen.generate([prompt], params)[0][0]
@@ -316,3 +317,33 @@ class JudgeClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_client(cfg: EndpointConfig, stack: contextlib.ExitStack, *, cache_dir: str | None = None, seed: int = 0,
+                assistant_prefix: str = "") -> JudgeClient:
+    """The client of the endpoint ``cfg`` describes, closed with ``stack``. A ``llamacpp`` endpoint gets a local
+    server first, on ``stack`` too (stopped after the client closes; while it runs, the client's watch restarts it
+    once if it dies: :mod:`tuna.feedback.endpoint`): the one place a judge's server is started, for ``tuna judge``,
+    the pipeline's judge and the Vicuna reviewer alike.
+
+    ``cache_dir``: the reply cache when ``cfg.cache_dir`` is unset (default ``$TUNA_CACHE/judge_cache``); ``seed``:
+    the server's sampling seed; ``assistant_prefix``: prefill of each reply (backend hf)."""
+    if cfg.backend not in ("openai", "llamacpp", "hf"):
+        raise TunaError(f"unknown backend {cfg.backend!r} (openai | llamacpp | hf)", field="backend")
+    model, url = cfg.model, cfg.base_url
+    if cfg.backend == "llamacpp":
+        from tuna.feedback.server import LlamaCppServer
+
+        server = stack.enter_context(LlamaCppServer(cfg.model, n_ctx=cfg.n_ctx, seed=seed))
+        model, url = server.model, server.base_url
+    if cache_dir is None and cfg.cache_dir is None:
+        from tuna.models import cache_root
+
+        cache_dir = str(cache_root() / "judge_cache")
+    client = JudgeClient(model, base_url=url, api_key_env=cfg.api_key_env, api_key_file=cfg.api_key_file,
+                         cache_dir=cfg.cache_dir or cache_dir, concurrency=cfg.concurrency, max_retries=cfg.max_retries,
+                         timeout=cfg.timeout, price_per_1k_prompt=cfg.price_per_1k_prompt,
+                         price_per_1k_completion=cfg.price_per_1k_completion, max_cost=cfg.max_cost,
+                         backend="hf" if cfg.backend == "hf" else "openai", assistant_prefix=assistant_prefix,
+                         unreachable_timeout=cfg.unreachable_timeout)
+    return stack.enter_context(client)

@@ -2,7 +2,8 @@
 ``tuna score`` / ``tuna judge`` commands, the pipeline and sweeps alike.
 
 * :class:`GeneratorConfig`: who generates (a model and the backend that runs it);
-* :class:`SamplingConfig`: how N candidates per instruction are sampled (template, decoding, diversity control);
+* :class:`SamplingConfig`: how N candidates per instruction are sampled (template, the decoding of
+  :class:`tuna.generation.GenerationConfig`, diversity control);
 * :class:`ScoringConfig`: how a teacher ranks candidate sets by its length-normalised log-likelihood;
 * :class:`EndpointConfig`: an LLM behind an endpoint (API, local llama.cpp server, in process), with its cache,
   retries and budget; :class:`JudgeConfig` adds the ranking prompt and the policies that read its replies.
@@ -15,6 +16,8 @@ Kept free of heavy imports so that ``tuna --help`` stays fast.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from tuna.generation import GenerationConfig
 
 PAPER_JUDGE_SYSTEM_PROMPT = "You are a professional and experienced data annotator."
 """The released judge request's system message: gpt-eval.py L42 (microsoft/LMOps, tuna/src)."""
@@ -57,10 +60,11 @@ class GeneratorConfig:
 
 
 @dataclass
-class SamplingConfig:
-    """How N candidate responses per instruction are sampled: the prompt, the decoding and the paper's diversity
-    control (non_interactive_generate.py: a set with a pair at ROUGE-L >= 0.8 is resampled, temperature + 0.1 per
-    trial, 3 trials at most, and the least similar set is kept)."""
+class SamplingConfig(GenerationConfig):
+    """How N candidate responses per instruction are sampled: the prompt, the decoding (:class:`GenerationConfig`,
+    here N candidates with their log-probs) and the paper's diversity control (non_interactive_generate.py: a set with
+    a pair at ROUGE-L >= 0.8 is resampled, temperature + 0.1 per trial, 3 trials at most, and the least similar set is
+    kept)."""
 
     template: str = "alpaca"
     """Prompt template: alpaca | chat | raw."""
@@ -68,15 +72,6 @@ class SamplingConfig:
     """System message for template chat."""
     n: int = 4
     """Candidates per instruction."""
-    temperature: float = 1.0
-    """Sampling temperature (0 = greedy)."""
-    top_p: float = 1.0
-    """Nucleus sampling."""
-    top_k: int = 50
-    """Top-k sampling; 50 is Hugging Face generate's default, which the released sampler (non_interactive_generate.py)
-    used (0 = off)."""
-    max_new_tokens: int = 256
-    """Response length limit."""
     seed: int = 0
     """Base seed (each chunk of records uses seed + its first input index)."""
     logprobs: bool = True

@@ -20,23 +20,9 @@ from typing import Any, Protocol
 from tuna.errors import TunaError
 from tuna.feedback.config import UNREACHABLE_TIMEOUT
 from tuna.feedback.keys import read_api_key
+from tuna.generation import GenerationConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SamplingParams:
-    n: int = 1
-    temperature: float = 1.0
-    """0 means greedy decoding."""
-    top_p: float = 1.0
-    top_k: int = 50
-    """Keep the k most likely tokens (0: off). 50 is Hugging Face ``generate``'s default, which the released student
-    sampler used by not setting it (non_interactive_generate.py L125-136); the OpenAI API has no top-k (not sent)."""
-    max_new_tokens: int = 256
-    seed: int = 0
-    logprobs: bool = False
-    stop: list[str] | None = None
 
 
 @dataclass
@@ -51,7 +37,7 @@ class Generation:
 class Generator(Protocol):
     name: str
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]: ...
+    def generate(self, prompts: list[str], params: GenerationConfig) -> list[list[Generation]]: ...
 
 
 def _cut_at_stop(text: str, stop: list[str] | None) -> int | None:
@@ -206,7 +192,7 @@ class HFGenerator:
     def _forward_logprobs(self, enc: dict[str, Any], sequences: Any) -> Any:
         return _forward_logprobs_impl(self.model, enc, sequences)
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
+    def generate(self, prompts: list[str], params: GenerationConfig) -> list[list[Generation]]:
         import torch
 
         out: list[list[Generation]] = []
@@ -217,7 +203,7 @@ class HFGenerator:
         return out
 
     @torch_inference_mode()
-    def _generate_batch(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
+    def _generate_batch(self, prompts: list[str], params: GenerationConfig) -> list[list[Generation]]:
         import torch
 
         tok = self.tokenizer
@@ -332,7 +318,7 @@ class OpenAIGenerator:
         self.client, self.health = watched_openai(base_url=self.base_url, api_key=key or "none", max_retries=self.max_retries,
                                                   timeout=self.timeout, unreachable_timeout=self.unreachable_timeout)
 
-    def _call(self, prompt: str, params: SamplingParams, n: int, seed: int) -> list[Generation]:
+    def _call(self, prompt: str, params: GenerationConfig, n: int, seed: int) -> list[Generation]:
         common: dict[str, Any] = dict(model=self.model, n=n, temperature=params.temperature, top_p=params.top_p,
                                       max_tokens=params.max_new_tokens, seed=seed)
         if params.stop:
@@ -356,7 +342,7 @@ class OpenAIGenerator:
                 gens.append(Generation(ch.message.content or "", lp, ntok, "length" if ch.finish_reason == "length" else "stop"))
         return gens
 
-    def _one_prompt(self, prompt: str, params: SamplingParams) -> list[Generation]:
+    def _one_prompt(self, prompt: str, params: GenerationConfig) -> list[Generation]:
         gens = self._call(prompt, params, params.n, params.seed)
         k = 1
         while len(gens) < params.n:  # the server ignored n: one more call per missing sample, each with its own seed
@@ -364,7 +350,7 @@ class OpenAIGenerator:
             k += 1
         return gens[: params.n]
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
+    def generate(self, prompts: list[str], params: GenerationConfig) -> list[list[Generation]]:
         import openai
 
         try:
@@ -408,7 +394,7 @@ class VLLMGenerator:
                             gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len,
                             **self.engine_kwargs)
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
+    def generate(self, prompts: list[str], params: GenerationConfig) -> list[list[Generation]]:
         import vllm
 
         sp = vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
@@ -438,5 +424,5 @@ def make_generator(backend: str, model: str, **kwargs: Any) -> Generator:
     raise TunaError(f"unknown generator backend {backend!r} (hf | openai | vllm)", field="backend")
 
 
-def with_seed(params: SamplingParams, seed: int, temperature: float | None = None) -> SamplingParams:
+def with_seed(params: GenerationConfig, seed: int, temperature: float | None = None) -> GenerationConfig:
     return replace(params, seed=seed, temperature=params.temperature if temperature is None else temperature)

@@ -18,6 +18,7 @@ Defaults and why:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
@@ -328,10 +329,8 @@ def judge_candidates(records: list[Record], out: str, cfg: JudgeConfig, *, summa
     (default ``<out>.summary.json``). A run after which ``out`` holds no ranked set raises
     :class:`tuna.errors.EmptyOutputError` with the counts by reason; an endpoint that is gone raises
     :class:`tuna.feedback.endpoint.EndpointDown` (nothing is written as failed for it)."""
-    from tuna.feedback.client import ChatReply, ChatRequest, JudgeClient
+    from tuna.feedback.client import ChatReply, ChatRequest, open_client
     from tuna.feedback.sampling import quiet_http_logs
-    from tuna.feedback.server import LlamaCppServer
-    from tuna.models import cache_root
 
     if cfg.reference not in ("drop", "include"):
         raise TunaError(f"reference must be drop | include, got {cfg.reference!r}", field="reference")
@@ -425,33 +424,19 @@ def judge_candidates(records: list[Record], out: str, cfg: JudgeConfig, *, summa
         stats["calls_total"] += len(reps)
         del got[rid]
 
-    server = None
     t0 = time.monotonic()
-    try:
-        if cfg.backend == "llamacpp" and requests:
-            server = LlamaCppServer(cfg.model, n_ctx=cfg.n_ctx, seed=cfg.seed).start()
-            client_url, client_model = server.base_url, server.model
-        else:
-            client_url, client_model = cfg.base_url, cfg.model
-        client = JudgeClient(client_model, base_url=client_url, api_key_env=cfg.api_key_env, api_key_file=cfg.api_key_file,
-                             cache_dir=cfg.cache_dir or str(cache_root() / "judge_cache"), concurrency=cfg.concurrency,
-                             max_retries=cfg.max_retries, timeout=cfg.timeout, price_per_1k_prompt=cfg.price_per_1k_prompt,
-                             price_per_1k_completion=cfg.price_per_1k_completion, max_cost=cfg.max_cost,
-                             backend="hf" if cfg.backend == "hf" else "openai", assistant_prefix=cfg.assistant_prefix,
-                             unreachable_timeout=cfg.unreachable_timeout)
+    ledger: dict = {}
+    with contextlib.ExitStack() as stack:
+        stack.callback(app.close)
+        # a llamacpp judge's server starts only when there is something to ask
+        client = open_client(cfg, stack, seed=cfg.seed, assistant_prefix=cfg.assistant_prefix) if requests else None
         # This run's failures (a re-run retries everything not yet in `out` anyway). Cleared only once the
         # client is set up, so a run that cannot start leaves the previous list as it was.
         atomic_write_text(failed_path, "")
-        fail_app = JsonlAppender(failed_path)
-        with client:
+        fail_app = stack.enter_context(JsonlAppender(failed_path))
+        if client is not None:
             client.complete_many(requests, desc="judge", on_reply=on_reply)
             ledger = client.ledger
-    finally:
-        if server is not None:
-            server.stop()
-        app.close()
-        if fail_app is not None:
-            fail_app.close()
     dt = time.monotonic() - t0
     n_failed = sum(v for k, v in stats.items() if k not in ("ranked", "parsed_calls", "calls_total"))
     summ = {
@@ -460,7 +445,7 @@ def judge_candidates(records: list[Record], out: str, cfg: JudgeConfig, *, summa
         "previously_failed": previously_failed,
         "parse_rate_calls": stats["parsed_calls"] / max(stats["calls_total"], 1),
         "mean_kendall_tau_between_orders": sum(taus) / len(taus) if taus else None,
-        "ledger": ledger if requests else {}, "seconds": dt,
+        "ledger": ledger, "seconds": dt,
         "records_per_s": len(todo) / dt if dt > 0 else 0.0,
     }
     atomic_write_json(summary or str(Path(out).with_suffix("")) + ".summary.json", summ)

@@ -81,7 +81,8 @@ def sample_candidates(records: list[Record], out: str, gen: GeneratorConfig, cfg
     from tqdm.auto import tqdm
 
     from tuna.feedback.dedup import set_diversity
-    from tuna.feedback.generators import SamplingParams, with_seed
+    from tuna.feedback.generators import with_seed
+    from tuna.generation import decoding_of
     from tuna.prompts import render_prompt
 
     quiet_http_logs()
@@ -105,8 +106,7 @@ def sample_candidates(records: list[Record], out: str, gen: GeneratorConfig, cfg
             from tuna.models import load_tokenizer
 
             tok = load_tokenizer(gen.model)
-        base = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                              max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, logprobs=cfg.logprobs, stop=stop)
+        base = decoding_of(cfg, stop=stop)
         t0, n_tok, n_done = time.monotonic(), 0, 0
         bar = tqdm(total=len(todo), desc="sample", unit="rec", disable=os.environ.get("TUNA_PROGRESS", "1") == "0")
         for chunk in chunks(todo, chunk_size):

@@ -39,10 +39,10 @@ def free_port() -> int:
 
 def gguf_for(model: str) -> Path:
     """An embedded model name (``smollm2-135m-instruct``, ``gemma3-270m``) or a ``.gguf`` path → the GGUF file."""
-    from tuna.models import EMBEDDED, _embedded_gguf
+    from tuna.models import EMBEDDED, embedded_gguf
 
     if model in EMBEDDED:
-        return _embedded_gguf(model)
+        return embedded_gguf(model)
     p = Path(model).expanduser()
     if p.suffix != ".gguf" or not p.exists():
         raise TunaError(f"not a GGUF file or embedded model name (known: {', '.join(EMBEDDED)})", path=p)

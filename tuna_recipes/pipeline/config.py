@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from evaluation.config import RuntimeConfig, greedy
 from evaluation.verifiable import SplitSizes
 from tuna.config import DataConfig, ModelConfig, OptimConfig, StageConfig
 from tuna.errors import TunaError
 from tuna.feedback.config import GeneratorConfig, JudgeConfig, SamplingConfig
+from tuna.generation import GenerationConfig
 from tuna.stages import STAGES
 
 
@@ -121,18 +123,17 @@ class EvalConfig:
     """single | both; None: `tuna eval vicuna`'s default (single, the FastChat 2023 protocol)."""
     vicuna_judge: JudgeConfig | None = None
     """The Vicuna QA reviewer (None: the ranking judge, `judge`); the paper config pins a GPT-4 snapshot here."""
-    max_new_tokens: int = 48
-    """Answer length for Super-NI and LMentry (at most 50 for LMentry); official: 128 and 50."""
-    vicuna_max_new_tokens: int | None = None
-    """Vicuna answer length (None: twice max_new_tokens; FastChat: 1024)."""
     template: str = "alpaca"
-    batch_size: int = 16
-    backend: str = "auto"
-    """auto (vLLM on a GPU where installed, else batched HF) | hf | vllm."""
-    device: str = "auto"
-    """auto: the device the run trains on (a GPU run evaluates on the GPU) | cpu | cuda."""
-    dtype: str = "auto"
-    """auto: bf16 where the device computes it natively, else fp32 (fp16 on GPUs without bf16)."""
+    """How each model sees the benchmark inputs: alpaca | chat | raw."""
+    generation: GenerationConfig = field(default_factory=lambda: greedy(48))
+    """Decoding of the answers: greedy, 48 new tokens for Super-NI (official: 128) and LMentry (at most 50, upstream's
+    length). Vicuna answers get `vicuna_max_new_tokens`, the verifiable split `verifiable.max_new_tokens`."""
+    vicuna_max_new_tokens: int | None = None
+    """Vicuna answer length (None: twice generation.max_new_tokens; FastChat: 1024)."""
+    runtime: RuntimeConfig = field(default_factory=lambda: RuntimeConfig(batch_size=16))
+    """Where the models run: backend auto (vLLM on a GPU where installed, else batched HF); device auto: the device the
+    run trains on (a GPU run evaluates on the GPU); dtype auto: bf16 where the device computes it natively, else fp32
+    (fp16 on GPUs without bf16)."""
 
 
 @dataclass
