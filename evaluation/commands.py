@@ -243,6 +243,7 @@ def eval_vicuna(
     judge_unreachable_timeout: float = UNREACHABLE_TIMEOUT,
     judge_max_tokens: int | None = None,
     judge_grammar: str = "none",
+    judge_mode: str = "sync",
     max_cost: float | None = None,
     price_per_1k_prompt: float = 0.0,
     price_per_1k_completion: float = 0.0,
@@ -284,6 +285,7 @@ def eval_vicuna(
         judge_max_retries: Retries per judge request (429/5xx/timeouts, exponential back-off).
         judge_unreachable_timeout: Stop when no connection to the judge has succeeded for this many seconds.
         judge_max_tokens: Override the reviewer's max_tokens (1024).
+        judge_mode: sync | batch (OpenAI's Batch API at half the price; state in the run's batch/ folder, resumable).
         max_cost: Stop sending judge requests beyond this many dollars.
         price_per_1k_prompt: Judge price per 1k prompt tokens (for the ledger / budget).
         price_per_1k_completion: Judge price per 1k completion tokens.
@@ -359,14 +361,26 @@ def eval_vicuna(
                                          price_per_1k_completion=price_per_1k_completion, max_cost=max_cost)
     if judge_backend != "openai":
         client_kwargs["backend"] = judge_backend
-    client = JudgeClient(judge_model, **client_kwargs)
     if judge_grammar not in ("none", "score_grammar"):
         raise TunaError(f"judge_grammar must be none | score_grammar, got {judge_grammar!r}", field="judge_grammar")
     grammar = vicuna.SCORE_GRAMMAR if judge_grammar == "score_grammar" else None
     chat = [ChatRequest(messages=r["messages"], temperature=r["temperature"], max_tokens=judge_max_tokens or r["max_tokens"],
                         grammar=grammar) for r in reqs]
-    with client:  # closes the reply cache
-        replies = client.complete_many(chat, desc="vicuna review")
+    if judge_mode == "batch":
+        from tuna.feedback.config import JudgeConfig
+        from tuna.feedback.reask import ask
+
+        jcfg = JudgeConfig(model=judge_model, backend=judge_backend, base_url=judge_base_url, api_key_env=judge_api_key_env,
+                           api_key_file=judge_api_key_file, max_retries=judge_max_retries, timeout=judge_timeout,
+                           unreachable_timeout=judge_unreachable_timeout, max_cost=max_cost, price_per_1k_prompt=price_per_1k_prompt,
+                           price_per_1k_completion=price_per_1k_completion, mode="batch")
+        replies, _, judge_ledger = ask(jcfg, chat, cache_dir=client_kwargs["cache_dir"], state_dir=jd / "batch", desc="vicuna review",
+                                       accept=lambda r, t: vicuna.parse_review(t, strict=strict_parse) is not None)
+    else:
+        client = JudgeClient(judge_model, **client_kwargs)
+        with client:  # closes the reply cache
+            replies = client.complete_many(chat, desc="vicuna review")
+        judge_ledger = client.ledger
     judgments = []
     for r, rep in zip(reqs, replies):
         scores = vicuna.parse_review(rep.text, strict=strict_parse) if rep.error is None else None
@@ -375,7 +389,7 @@ def eval_vicuna(
                           "scores": list(scores) if scores else None, "error": err, "review": rep.text, "cached": rep.cached})
     atomic_write_text(jd / "judgments.jsonl", "".join(json.dumps(j, ensure_ascii=False) + "\n" for j in judgments))
     metrics = vicuna.combine(judgments, orders=orders)
-    metrics["judge_ledger"] = client.ledger
+    metrics["judge_ledger"] = judge_ledger
     settings = {**ans_settings, **judge_settings}
     fields = {"questions": len(qids), "questions_digest": protocol.digest(qids), "opponent": opp_label,
               "opponent_digest": protocol.digest(opp_rows), "judge_model": judge_model,

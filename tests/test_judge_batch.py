@@ -320,3 +320,53 @@ def test_dry_run_counts_files_and_prices_both_modes(tmp_path, capsys):
     assert est["prompt_tokens"] == sum(len(r.messages[0]["content"]) // 4 + 7 for r in rs)
     print_estimate(est, title="t")
     assert "Batch API" in capsys.readouterr().out
+
+
+def test_judge_dry_run_with_stand_in_candidates_sends_nothing(tmp_path, capsys, shared_data):
+    from tuna.feedback.commands import JudgeJob, run_judge
+
+    out = tmp_path / "judged.jsonl"
+    run_judge(JudgeJob(input=str(shared_data / "alpaca/alpaca_data_reconstructed.jsonl.gz"), out=str(out), limit=30,
+                       model=MODEL, backend="openai", base_url="http://127.0.0.1:9/v1", mode="batch", dry_run=True,
+                       stand_in_candidates=4, batch_max_requests=12))
+    text = capsys.readouterr().out
+    assert "requests               30" in text and "batch files            3" in text and "price, Batch API" in text
+    assert not out.exists() or out.read_text() == ""
+
+
+# ----------------------------------------------------------------------------------------------- Vicuna reviews
+
+
+def test_vicuna_reviews_through_the_batch_api(tmp_path, monkeypatch, shared_data):
+    from evaluation.commands import eval_vicuna
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-key")
+    with FakeBatchAPI() as fake:
+        monkeypatch.setattr("tuna.feedback.batch.BatchSettings.poll_interval", 0.01)
+        monkeypatch.setattr("tuna.feedback.batch.BatchSettings.poll_max_interval", 0.02)
+        path = eval_vicuna(answers="vicuna-13b", opponent="gpt35", data=str(shared_data / "vicuna_qa"), limit=3, orders="both",
+                           judge_model=MODEL, judge_base_url=fake.base_url, judge_mode="batch", out_root=str(tmp_path / "runs"))
+        assert sum(fake.creates.values()) == 1 and fake.batches[fake.order[0]]["request_counts"]["total"] == 6
+    res = json.loads(Path(path).read_text())
+    m = res["metrics"]
+    assert m["judge_ledger"]["mode"] == "batch" and m["judge_ledger"]["calls"] == 6
+    assert m["error"] == 0 and m["both_orders"]["error"] == 0
+
+
+# ----------------------------------------------------------------------------------------------- reliability figures
+
+
+def test_reliability_set_metrics_by_hand():
+    from tuna.feedback.reliability import Ask, bootstrap, pair_flip, set_metrics
+
+    assert pair_flip([0, 1, 2], [2, 1, 0], 3) == 1.0 and pair_flip([0, 1, 2], [0, 1, 2], 3) == 0.0
+    # order 0 shows ids as they are, order 1 reversed; the judge always ranks the one shown first as best
+    asks = [Ask(0, 0, [0, 1, 2, 3], [0, 1, 2, 3]), Ask(0, 1, [0, 1, 2, 3], [0, 1, 2, 3]),
+            Ask(1, 0, [3, 2, 1, 0], [3, 2, 1, 0]), Ask(1, 1, [3, 2, 1, 0], [3, 2, 1, 0])]
+    m = set_metrics(asks, 4, ref=[4.0, 3.0, 2.0, 1.0])
+    assert m["top1_flip_same"] == 0.0 and m["top1_flip_cross"] == 1.0 and m["pair_flip_cross"] == 1.0
+    assert m["tau_same"] == pytest.approx(1.0) and m["tau_cross"] == pytest.approx(-1.0)
+    assert m["first_at_position"] == [1.0, 0.0, 0.0, 0.0]  # pure position bias
+    assert m["ref_top1"] == 0.5 and m["ref_pair_acc"] == 0.5 and m["ref_tau"] == pytest.approx(0.0)
+    mean, lo, hi = bootstrap([0.0, 1.0] * 20, b=500)
+    assert mean == 0.5 and lo < 0.5 < hi

@@ -56,6 +56,9 @@ class ChatRequest:
     attempt: int = 0
     """Re-ask number (0 = the first ask). Part of the cache key when > 0, so a re-ask of an unparseable reply is a
     new draw, never the cached reply again."""
+    draw: int = 0
+    """Repeat number of the same request asked on purpose several times (judge reliability); part of the cache key
+    when > 0."""
 
 
 @dataclass
@@ -75,6 +78,8 @@ def cache_key(model: str, req: ChatRequest) -> str:
         payload["grammar"] = req.grammar
     if req.attempt:  # likewise: first asks keep their keys
         payload["attempt"] = req.attempt
+    if req.draw:
+        payload["draw"] = req.draw
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
