@@ -65,6 +65,7 @@ class FakeBatchAPI:
         self.creates: Counter = Counter()
         self.uploads = self.retrieves = self.lists = 0
         self.seen_bodies: Counter = Counter()
+        self.refuse_creates = 0  # this many batches.create calls answer 400 (the organisation's enqueued-token limit)
         self.kill_pid: int | None = None
         self.kill_at: str | None = None
         self.lock = threading.Lock()
@@ -141,6 +142,10 @@ class FakeBatchAPI:
                         req = json.loads(body)
                         if req["input_file_id"] not in fake.files:
                             return self._send(400, {"error": {"message": "input file not found"}})
+                        if fake.refuse_creates > 0:
+                            fake.refuse_creates -= 1
+                            return self._send(400, {"error": {"message": "Enqueued token limit reached for gpt-4-0613.",
+                                                              "type": "invalid_request_error", "code": "token_limit_exceeded"}})
                         bid = fake._id("batch")
                         now = int(time.time())
                         b = {"id": bid, "object": "batch", "endpoint": req["endpoint"], "errors": None,

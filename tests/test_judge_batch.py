@@ -185,6 +185,20 @@ def test_budget_stops_before_submitting(tmp_path):
     assert 0 < total < 10 and sum(r.error == "budget" for r in out) == 10 - total
 
 
+def test_a_refused_create_stops_with_one_line_and_the_rerun_resumes(tmp_path):
+    from tuna.errors import TunaError
+
+    rs = reqs(4)
+    with FakeBatchAPI() as fake:
+        fake.refuse_creates = 1
+        with client(fake, tmp_path) as c, pytest.raises(TunaError, match="Enqueued token limit.*re-run the same command"):
+            c.complete_many(rs)
+        with client(fake, tmp_path) as c:
+            out = c.complete_many(rs)
+        assert dict(fake.creates) == {"p0001": 1} and fake.uploads == 1  # the uploaded file is reused, not uploaded again
+    assert all(r.error is None for r in out)
+
+
 # ----------------------------------------------------------------------------------------------- kills
 
 

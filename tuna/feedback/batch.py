@@ -377,7 +377,17 @@ class BatchClient:
         return f"tuna-{self.uid}-{part['part']}.jsonl"
 
     def _submit(self, part: dict[str, Any]) -> None:
-        """Upload and create the batch for an intent, unless it exists (adopted)."""
+        """Upload and create the batch for an intent, unless it exists (adopted). A refusal (e.g. the organisation's
+        enqueued-token limit) stops the run with one line; the intent stays, and the same command resumes."""
+        import openai
+
+        try:
+            self._submit_once(part)
+        except openai.APIStatusError as e:
+            raise TunaError(f"the Batch API refused batch file {part['part']} ({part['n']} requests): http {e.status_code}: "
+                            f"{str(e)[:300]}; re-run the same command to resume", path=self.dir / part["path"]) from None
+
+    def _submit_once(self, part: dict[str, Any]) -> None:
         found = self._find_remote(part)
         if found is not None:
             self.state.append({"ev": "created", "part": part["part"], "batch_id": found.id, "adopted": True})
@@ -499,17 +509,19 @@ class BatchClient:
                 deliver(k, ChatReply(s.get("text"), None, True, s.get("prompt_tokens", 0), s.get("completion_tokens", 0), 0.0))
         del stored
 
-        # 2. what was submitted before (this run or an earlier one): in flight, or counted towards max_submits
+        # 2. what an earlier run submitted and is still in flight (each run gives a request max_submits submissions:
+        #    a request that failed for good in an earlier run is asked again by the next one, like the sync judge)
         parts = self.state.parts()
         submits: Counter = Counter()
         in_flight: dict[str, str] = {}  # custom_id -> part
         for p in parts.values():
             path = self.dir / p["path"]
-            for k in iter_custom_ids(path) if path.exists() else ():
+            if p.get("joined") or not path.exists():
+                continue
+            for k in iter_custom_ids(path):
                 if k in where:
                     submits[k] += 1
-                    if not p.get("joined"):
-                        in_flight[k] = p["part"]
+                    in_flight[k] = p["part"]
         last_error: dict[str, str] = {}
         next_part = 1 + max((int(p[1:]) for p in parts), default=0)
         committed: dict[str, float] = Counter()  # part -> estimated cost of its requests while it is live (budget)
