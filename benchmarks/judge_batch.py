@@ -1,5 +1,5 @@
 """Batch mode at scale: time and peak memory of building the batch input files and joining the output file, for
-200,000 judge requests (the paper's pass is 208,008), streaming (tuna.feedback.batch) against the in-memory way
+200,000 judge requests (about 4x the paper's pass of 52,002), streaming (tuna.feedback.batch) against the in-memory way
 (every line built in a list, one big buffer split into files; the whole output read and parsed into a dict),
 measured in the same run, each variant in a fresh process (peak RSS = ru_maxrss of that process; "import only" is
 the same process doing nothing, the floor under every variant).

@@ -384,3 +384,69 @@ def test_reliability_set_metrics_by_hand():
     assert m["ref_top1"] == 0.5 and m["ref_pair_acc"] == 0.5 and m["ref_tau"] == pytest.approx(0.0)
     mean, lo, hi = bootstrap([0.0, 1.0] * 20, b=500)
     assert mean == 0.5 and lo < 0.5 < hi
+
+
+# ----------------------------------------------------------------------------------------------- the whole pass
+
+
+def test_tuna_judge_batch_pass_with_faults_and_a_kill_ends_accounted_for(tmp_path):
+    """`tuna judge --mode batch` (the real command, a child process) against the fake with injected faults: a request
+    failing with 500 once, the first batch expiring with partial output, a torn output line, prose instead of a
+    ranking once; SIGKILLed mid-poll, then the same command again. Every set ends ranked (or in the failures file),
+    each batch file was created once, only failed requests were submitted again, and the ledger is at batch prices."""
+    from tuna.records import Candidate, Record, read_records, write_records
+
+    sets = [Record(id=f"s{i}", instruction=f"Name thing {i}.", candidates=[Candidate(text=f"thing {i}.{k}") for k in range(4)])
+            for i in range(12)]
+    write_records(tmp_path / "cands.jsonl", sets)
+    failed_once: set[str] = set()
+
+    def error_if(cid, body, seen):
+        if "thing 3." in body["messages"][-1]["content"] and seen == 0:
+            failed_once.add(cid)
+            return 500
+        return None
+
+    torn: set[str] = set()
+
+    def malformed_if(cid, seen):
+        return seen == 0 and cid in torn
+
+    def reply(body, seen):
+        text = body["messages"][-1]["content"]
+        if "thing 5." in text and seen == 0:
+            return "I cannot decide."
+        if "thing 7." in text and seen == 0:  # its output line will be torn in half
+            torn.add(cache_key(MODEL, ChatRequest(messages=body["messages"], temperature=body["temperature"],
+                                                  max_tokens=body["max_tokens"], top_p=body["top_p"])))
+        return default_reply(body, seen)
+
+    with FakeBatchAPI(error_if=error_if, malformed_if=malformed_if, reply=reply, expire_after={1: 6}, in_progress_polls=2) as fake:
+        cmd = [sys.executable, "-m", "tuna_recipes", "judge", "--input", str(tmp_path / "cands.jsonl"), "--out", str(tmp_path / "judged.jsonl"),
+               "--model", MODEL, "--backend", "openai", "--base_url", fake.base_url, "--mode", "batch", "--batch_max_requests", "5",
+               "--batch_poll_interval", "0.01", "--batch_poll_max_interval", "0.02", "--cache_dir", str(tmp_path / "cache")]
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TUNA_PROGRESS": "0", "OPENAI_API_KEY": "sk-test-not-a-key"}
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        fake.kill_pid, fake.kill_at = p.pid, "retrieve:4"
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == -9, err[-2000:]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert all(v == 1 for v in fake.creates.values())  # no batch file created twice
+        submitted: dict[str, int] = {}
+        for f in fake.files.values():
+            if f["meta"]["purpose"] == "batch":
+                for ln in f["content"].splitlines():
+                    cid = json.loads(ln)["custom_id"]
+                    submitted[cid] = submitted.get(cid, 0) + 1
+        expired = {json.loads(ln)["custom_id"] for f in fake.files.values() if f["meta"]["purpose"] == "batch_output"
+                   for ln in f["content"].splitlines() if b"batch_expired" in ln}
+        again = {c for c, n in submitted.items() if n > 1}
+        assert again and again <= failed_once | expired | torn  # only failed, expired or torn requests were submitted again
+    ranked = {r.id for r in read_records(tmp_path / "judged.jsonl")}
+    failed = {json.loads(ln)["id"] for ln in (tmp_path / "judged.failed.jsonl").read_text().splitlines()}
+    assert ranked | failed == {s.id for s in sets} and ranked == {s.id for s in sets}
+    summ = json.loads((tmp_path / "judged.summary.json").read_text())
+    led = summ["ledger"]
+    assert led["mode"] == "batch" and led["cost"] == pytest.approx(expected_cost(led["calls"]))
+    assert summ["reasks"] == 1
