@@ -240,6 +240,21 @@ def test_sigkill_then_resume_submits_each_batch_once(tmp_path, kill_at):
     assert led["batches_created"] == 3 - created_before  # the resumed run created only what the killed one had not
 
 
+def test_batches_of_an_interrupted_later_round_are_joined_and_stored_not_resubmitted(tmp_path):
+    """A kill during a re-ask round leaves batches of requests the resumed run's first round does not ask: they are
+    waited for and their replies stored, and the round that asks them finds them (no second submission)."""
+    with FakeBatchAPI() as fake:
+        run_child_until_killed(fake, tmp_path, "retrieve:2")  # reqs(10) in 3 files, in flight
+        other = reqs(3, pad=5)
+        with client(fake, tmp_path, settings=dict(max_requests=4)) as c:
+            assert all(r.error is None for r in c.complete_many(other))
+        with client(fake, tmp_path, settings=dict(max_requests=4)) as c:
+            again = c.complete_many(reqs(10))
+            led = c.ledger
+        assert dict(fake.creates) == {"p0001": 1, "p0002": 1, "p0003": 1, "p0004": 1}
+    assert all(r.error is None and r.cached for r in again) and led["stored"] == 10 and led["batches_created"] == 0
+
+
 # ----------------------------------------------------------------------------------------------- the judge
 
 

@@ -584,6 +584,7 @@ class BatchClient:
             err = self._download(getattr(batch, "error_file_id", None), self.dir / "parts" / f"{p['part']}.errors.jsonl")
             seen: set[str] = set()
             counts = Counter()
+            mine = set(iter_custom_ids(self.dir / p["path"]))  # this file's requests (at most max_requests ids)
             with open(self.replies_path, "ab") as store:
                 for path in (out, err):
                     if path is None:
@@ -601,12 +602,15 @@ class BatchClient:
                                 if k is not None:
                                     last_error[k] = f"malformed line: {r.malformed}"
                                 continue
-                            if k is None or k in seen or in_flight.get(k) != p["part"]:
+                            if k is None or k in seen or k not in mine:
                                 continue
                             seen.add(k)
+                            asked_now = in_flight.get(k) == p["part"]  # else: a request of an earlier call (e.g. a
+                            # re-ask round a kill interrupted): stored and paid for, found by the call that asks it
                             if r.text is None:
                                 counts["error"] += 1
-                                last_error[k] = r.error or "error"
+                                if asked_now:
+                                    last_error[k] = r.error or "error"
                                 if r.prompt_tokens or r.completion_tokens:
                                     self._charge(r.prompt_tokens, r.completion_tokens)
                                 continue
@@ -615,6 +619,8 @@ class BatchClient:
                             store.write((json.dumps({"custom_id": k, "text": r.text, "prompt_tokens": r.prompt_tokens,
                                                      "completion_tokens": r.completion_tokens, "cost": cost}, ensure_ascii=False) + "\n").encode())
                             counts["ok"] += 1
+                            if not asked_now:
+                                continue
                             if self._cache is not None and (cache_if is None or cache_if(first(k), r.text)):
                                 self._cache.set(k, {"text": r.text, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
                                                     "price_mode": "batch", "cost": cost})
@@ -642,11 +648,9 @@ class BatchClient:
 
         try:
             settle_failures()
-            pending = [p for p in parts.values() if not p.get("joined") and any(q == p["part"] for q in in_flight.values())]
-            for p in parts.values():  # parts whose requests are all settled elsewhere are closed
-                if not p.get("joined") and p not in pending:
-                    self.state.append({"ev": "joined", "part": p["part"], "status": "superseded"})
-                    p["joined"] = True
+            # every batch not yet joined is waited for, even one with none of this call's requests (a later call's:
+            # its replies are stored, never lost or paid twice)
+            pending = [p for p in parts.values() if not p.get("joined")]
             pending += [parts[q] for q in build()]
             interval = self.settings.poll_interval
             last_view: dict[str, tuple] = {}
