@@ -269,8 +269,15 @@ def run_vicuna(job: VicunaJob) -> str:
         atomic_write_text(jd / "opponent_answers.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in opp_rows))
         chat = [ChatRequest(messages=r["messages"], temperature=r["temperature"], max_tokens=job.review_max_tokens or r["max_tokens"],
                             grammar=grammar) for r in reqs]
-        replies = client.complete_many(chat, desc="vicuna review")
-        ledger = client.ledger
+        if job.judge.mode == "batch":  # OpenAI's Batch API at half the price; state in the run's batch/ folder, resumable
+            from tuna.feedback.reask import ask
+
+            replies, _, ledger = ask(job.judge, chat, cache_dir=job.judge.cache_dir or str(Path(job.out_root) / "judge_cache"),
+                                     state_dir=jd / "batch", desc="vicuna review",
+                                     accept=lambda r, t: vicuna.parse_review(t, strict=job.strict_parse) is not None)
+        else:
+            replies = client.complete_many(chat, desc="vicuna review")
+            ledger = client.ledger
     judgments = []
     for r, rep in zip(reqs, replies):
         scores = vicuna.parse_review(rep.text, strict=job.strict_parse) if rep.error is None else None

@@ -123,7 +123,8 @@ def test_the_request_tuna_judge_sends_is_the_released_one(recorder, tmp_path, mo
     out = tmp_path / "ranked.jsonl"
     run_judge(JudgeJob(input=str(cands), out=str(out), model="gpt-4-0314", backend="openai", base_url=recorder, api_key_env="TUNA_TEST_KEY",
           cache_dir=str(tmp_path / "cache"), concurrency=1, parser="released"))
-    assert len(_Recorder.bodies) == 4
+    # 4 requests, and record 1003's unusable reply asked again twice (reasks: 2) with the very same bytes
+    assert len(_Recorder.bodies) == 4 + 2 and len(set(_Recorder.bodies)) == 4
     raw_by_prompt = {json.loads(b)["messages"][-1]["content"]: b for b in _Recorder.bodies}
     for row in rows:
         raw = raw_by_prompt[row["prompt"]]

@@ -267,11 +267,12 @@ def test_judge_against_a_flaky_server(shared_data, tmp_path, key) -> None:
         before = out.read_bytes()
         run_tuna(judge_args(inp, out, srv, cache))
         asked = Counter(t for entry in srv.log for t in entry["records"])
-        assert set(asked) == call_failed, (asked, call_failed)
+        # an unreadable reply (after its re-asks) is never cached: the re-run asks those records again too (docs)
+        assert set(asked) == call_failed | unparseable, (asked, call_failed, unparseable)
         assert out.read_bytes().startswith(before), "the re-run changed records already written"
         ranked2, failed2 = ids_of(out), failed_rows(out)
-        assert sorted(ranked2) == sorted(set(all_ids) - unparseable) and len(ranked2) == len(set(ranked2))
-        assert {f["id"] for f in failed2} == unparseable  # an unparseable reply is a successful call: cached (docs)
+        assert sorted(ranked2) == sorted(all_ids) and len(ranked2) == len(set(ranked2))
+        assert not failed2
     record_figures("judge_flaky", records=len(all_ids), fault_rate=0.3, faults_injected=first["injected"],
                    requests=first["requests"], ranked_first_run=len(ranked), failed_first_run=len(failed),
                    failed_by_reason=dict(Counter(f["reason"].split(":")[0] for f in failed)),

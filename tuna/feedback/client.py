@@ -54,6 +54,12 @@ class ChatRequest:
     grammar: str | None = None
     """A GBNF grammar the reply must follow, sent as the ``grammar`` field that llama.cpp servers accept (part of
     the cache key when set)."""
+    attempt: int = 0
+    """Re-ask number (0 = the first ask). Part of the cache key when > 0, so a re-ask of an unparseable reply is a
+    new draw, never the cached reply again."""
+    draw: int = 0
+    """Repeat number of the same request asked on purpose several times (judge reliability); part of the cache key
+    when > 0."""
 
 
 @dataclass
@@ -71,11 +77,18 @@ def cache_key(model: str, req: ChatRequest) -> str:
                "top_p": req.top_p, "seed": req.seed}
     if req.grammar:  # only when set, so the keys of unconstrained requests stay as they were
         payload["grammar"] = req.grammar
+    if req.attempt:  # likewise: first asks keep their keys
+        payload["attempt"] = req.attempt
+    if req.draw:
+        payload["draw"] = req.draw
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def _progress_enabled() -> bool:
+def progress_enabled() -> bool:
+    """Progress bars on (``TUNA_PROGRESS=0`` turns them off)."""
     return os.environ.get("TUNA_PROGRESS", "1") != "0"
+
+
 
 
 class _HFChat:
@@ -226,13 +239,16 @@ class JudgeClient:
         *,
         desc: str = "judge",
         on_reply: Callable[[ChatRequest, ChatReply], None] | None = None,
+        cache_if: Callable[[ChatRequest, str], bool] | None = None,
     ) -> list[ChatReply]:
-        """One reply per request, in request order. Cached ones come back first, then calls as they finish."""
+        """One reply per request, in request order. Cached ones come back first, then calls as they finish.
+        ``cache_if(request, text)``: only replies it accepts are cached (a reply the caller cannot read is never stored, so the
+        next run asks again)."""
         from tqdm.auto import tqdm
 
         replies: list[ChatReply | None] = [None] * len(requests)
         keys = [cache_key(self._key_model, r) for r in requests]
-        bar = tqdm(total=len(requests), desc=desc, unit="req", disable=not _progress_enabled(), dynamic_ncols=True)
+        bar = tqdm(total=len(requests), desc=desc, unit="req", disable=not progress_enabled(), dynamic_ncols=True)
 
         def deliver(i: int, rep: ChatReply) -> None:
             replies[i] = rep
@@ -295,7 +311,7 @@ class JudgeClient:
                         self._ledger["cost"] += rep.cost
                         if rep.error:
                             self._ledger["failed"] += 1
-                    if rep.error is None and self._cache is not None:
+                    if rep.error is None and self._cache is not None and (cache_if is None or cache_if(requests[i], rep.text or "")):
                         self._cache.set(keys[i], {"text": rep.text, "prompt_tokens": rep.prompt_tokens,
                                                   "completion_tokens": rep.completion_tokens})
                     deliver(i, rep)

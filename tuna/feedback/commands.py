@@ -113,14 +113,54 @@ class JudgeJob(InputSlice, JudgeConfig):
     """Output JSONL of ranked sets; ids already there are skipped; failures go to <out>.failed.jsonl."""
     summary: str | None = None
     """Where to write the JSON summary (default <out>.summary.json)."""
+    stand_in_candidates: int = 0
+    """Dry run only: read instructions without candidates (Alpaca) and stand in this many copies of each gold response
+    for the candidates (the paper: 4), to price a pass before sampling."""
 
 
 def run_judge(job: JudgeJob) -> str:
     from tuna.feedback.judge import judge_candidates
+    from tuna.records import Candidate
 
-    records = load_inputs(job.input, fmt="tuna", limit=job.limit, offset=job.offset, min_candidates=2)
+    if job.stand_in_candidates:
+        if not job.dry_run:
+            raise TunaError("stand_in_candidates prices a pass: it needs dry_run true", field="stand_in_candidates")
+        records = load_inputs(job.input, fmt="auto", limit=job.limit, offset=job.offset)
+        for r in records:
+            r.candidates = [Candidate(text=r.gold or "", source="stand-in: gold") for _ in range(job.stand_in_candidates)]
+    else:
+        records = load_inputs(job.input, fmt="tuna", limit=job.limit, offset=job.offset, min_candidates=2)
     return judge_candidates(records, job.out, job, summary=job.summary)
 
 
-COMMANDS = {"sample": SampleJob, "score": ScoreJob, "reference": ReferenceJob, "judge": JudgeJob}
-RUNNERS = {SampleJob: run_sample, ScoreJob: run_score, ReferenceJob: run_reference, JudgeJob: run_judge}
+@dataclass(kw_only=True)
+class JudgeReliabilityJob(InputSlice, JudgeConfig):
+    """Measure a judge: order flips, self-agreement, position bias and agreement with a verifiable ranker."""
+
+    out_dir: str = "results/judge_reliability"
+    """Where report.md, report.json and asks.jsonl go."""
+    sample: int | None = 60
+    """Candidate sets drawn from the input (seeded by seed); null = all."""
+    orders: int = 3
+    """Shown orders per set (seeded shuffles)."""
+    repeats: int = 2
+    """Asks per shown order."""
+    reference: str | None = None
+    """Ranked sets of the same ids from a verifiable ranker (tuna rank --by rouge_l | task), for agreement."""
+    bootstrap_samples: int = 2000
+    """Bootstrap resamples of the sets for the intervals."""
+
+
+def run_judge_reliability(job: JudgeReliabilityJob) -> dict:
+    from tuna.feedback.reliability import command_line, measure, sample_records
+
+    records = load_inputs(job.input, fmt="tuna", limit=job.limit, offset=job.offset, min_candidates=2)
+    records = sample_records(records, job.sample, job.seed)
+    return measure(records, job, orders=job.orders, repeats=job.repeats, out_dir=job.out_dir, reference=job.reference,
+                   command=command_line(), bootstrap_samples=job.bootstrap_samples)
+
+
+COMMANDS = {"sample": SampleJob, "score": ScoreJob, "reference": ReferenceJob, "judge": JudgeJob,
+            "judge-reliability": JudgeReliabilityJob}
+RUNNERS = {SampleJob: run_sample, ScoreJob: run_score, ReferenceJob: run_reference, JudgeJob: run_judge,
+           JudgeReliabilityJob: run_judge_reliability}

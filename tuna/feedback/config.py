@@ -188,6 +188,26 @@ class JudgeConfig(EndpointConfig):
     judge get a "s1 s2" first line. A 135M judge cannot follow the paper's prompt unaided."""
     seed: int = 0
     """Seed for shuffles and the request seed."""
+    reasks: int = 2
+    """An unparseable reply is asked again up to this many more times (each attempt recorded; not cached)."""
+    mode: str = "sync"
+    """sync (one chat request at a time) | batch (OpenAI Batch API: files + batches, 50 % price, within 24 h)."""
+    batch_dir: str | None = None
+    """Batch mode state (request files, batch ids, replies; resumable): default <out>.batch/."""
+    batch_max_requests: int = 50_000
+    """Requests per batch file (the API's limit: 50,000)."""
+    batch_max_bytes: int = 200_000_000
+    """Bytes per batch file (the API's limit: 200 MB)."""
+    batch_poll_interval: float = 30.0
+    """First wait between polls of a batch (seconds); grows x1.5 while nothing changes."""
+    batch_poll_max_interval: float = 600.0
+    """Longest wait between polls (seconds)."""
+    batch_max_submits: int = 3
+    """Submissions per request at most (failed or expired requests are resubmitted; then reported failed)."""
+    dry_run: bool = False
+    """Print requests, estimated tokens, batch files and the price (sync and batch), send nothing."""
+    expected_completion_tokens: int | None = None
+    """Dry run: completion tokens per request to assume (default: the paper judge's ~400; max_tokens caps it)."""
 
 
 @dataclass(kw_only=True)

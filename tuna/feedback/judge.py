@@ -18,7 +18,6 @@ Defaults and why:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import re
@@ -329,8 +328,11 @@ def judge_candidates(records: list[Record], out: str, cfg: JudgeConfig, *, summa
     (default ``<out>.summary.json``). A run after which ``out`` holds no ranked set raises
     :class:`tuna.errors.EmptyOutputError` with the counts by reason; an endpoint that is gone raises
     :class:`tuna.feedback.endpoint.EndpointDown` (nothing is written as failed for it)."""
-    from tuna.feedback.client import ChatReply, ChatRequest, open_client
+    from tuna.feedback.client import ChatReply, ChatRequest
+    from tuna.feedback.reask import complete_with_reask, default_batch_dir, open_client
     from tuna.feedback.sampling import quiet_http_logs
+    from tuna.feedback.server import LlamaCppServer
+    from tuna.models import cache_root
 
     if cfg.reference not in ("drop", "include"):
         raise TunaError(f"reference must be drop | include, got {cfg.reference!r}", field="reference")
@@ -392,30 +394,47 @@ def judge_candidates(records: list[Record], out: str, cfg: JudgeConfig, *, summa
     stats: Counter = Counter()
     taus: list[float] = []
 
-    def on_reply(req: ChatRequest, rep: ChatReply) -> None:
+    parse = PARSERS[cfg.parser]
+    parse_kw = {"fallback_scores": cfg.fallback_scores} if cfg.parser == "robust" else {}
+
+    def parse_reply(text: str, n: int) -> ParsedRank:
+        p = parse(text, n + 1, **parse_kw)
+        if p.order is not None and not any(k < n for k in p.order):
+            # e.g. 'rank: [4]': only the judge's own response; nothing to train on (the importer skips these too)
+            p.order, p.reason = None, "rank list names only the judge's own response"
+        return p
+
+    def readable(req: ChatRequest, text: str) -> bool:
+        return parse_reply(text, len(plan[req.key.split("\x00")[0]][0].candidates)).order is not None  # type: ignore[union-attr]
+
+    attempts_of: dict[str, dict[int, list[ChatReply]]] = {}
+
+    def on_final(i: int, tries: list[ChatReply]) -> None:
+        req = requests[i]
         rid, j = req.key.split("\x00")  # type: ignore[union-attr]
-        got.setdefault(rid, {})[int(j)] = rep
+        got.setdefault(rid, {})[int(j)] = tries[-1]
+        attempts_of.setdefault(rid, {})[int(j)] = tries
         rec, perms = plan[rid]
         if len(got[rid]) < len(perms):
             return
         reps = [got[rid][k] for k in range(len(perms))]
+        tried = attempts_of.pop(rid)
+        stats["reasks"] += sum(len(tried[k]) - 1 for k in tried)
+        attempts = [[{"text": t.text, "error": t.error} for t in tried[k]] for k in range(len(perms))]
         errors = [r.error for r in reps if r.error]
-        parse = PARSERS[cfg.parser]
-        parsed = [parse(r.text or "", len(rec.candidates) + 1, **({"fallback_scores": cfg.fallback_scores} if cfg.parser == "robust" else {}))
-                  for r in reps]
-        for p in parsed:
-            if p.order is not None and not any(k < len(rec.candidates) for k in p.order):
-                # e.g. 'rank: [4]': only the judge's own response; nothing to train on (the importer skips these too)
-                p.order, p.reason = None, "rank list names only the judge's own response"
+        parsed = [parse_reply(r.text or "", len(rec.candidates)) for r in reps]
         ok = [p for p in parsed if p.order is not None]
         if not ok:
             reason = ("budget" if "budget" in errors else f"error: {errors[0]}") if errors else f"unparseable: {parsed[0].reason}"
             stats[reason.split(":")[0]] += 1
             # fail_app is opened before the first call
-            fail_app.write({"id": rid, "reason": reason, "replies": [r.text for r in reps], "errors": errors or None})  # type: ignore[union-attr]
+            fail_app.write({"id": rid, "reason": reason, "replies": [r.text for r in reps], "errors": errors or None,  # type: ignore[union-attr]
+                            "attempts": attempts})
         else:
             ranked = rank_record(rec, perms, parsed, judge_model=cfg.model, method=method, policy=policy,
                                  replies=[r.text or "" for r in reps])
+            if any(len(a) > 1 for a in attempts):
+                ranked.provenance["judge"]["attempts"] = attempts
             stats["ranked"] += 1
             if "kendall_tau" in ranked.ranking.details:  # type: ignore[union-attr]
                 taus.append(ranked.ranking.details["kendall_tau"])  # type: ignore[union-attr]
@@ -424,24 +443,45 @@ def judge_candidates(records: list[Record], out: str, cfg: JudgeConfig, *, summa
         stats["calls_total"] += len(reps)
         del got[rid]
 
+    if cfg.mode == "batch" and cfg.backend != "openai":
+        raise TunaError(f"mode batch needs backend openai (the Batch API), got {cfg.backend!r}", field="mode")
+    if cfg.dry_run:
+        from tuna.feedback.dryrun import estimate, print_estimate
+
+        est = estimate(requests, cfg, candidates_chars=[sum(len(c.text) for c in plan[r.key.split("\x00")[0]][0].candidates)  # type: ignore[union-attr]
+                                                        / len(plan[r.key.split("\x00")[0]][0].candidates) for r in requests])  # type: ignore[union-attr]
+        print_estimate(est, title=f"judge dry run: {len(todo)} candidate sets ({len(records) - len(todo)} already in {out})")
+        app.close()
+        return out
+    server = None
     t0 = time.monotonic()
-    ledger: dict = {}
-    with contextlib.ExitStack() as stack:
-        stack.callback(app.close)
-        # a llamacpp judge's server starts only when there is something to ask
-        client = open_client(cfg, stack, seed=cfg.seed, assistant_prefix=cfg.assistant_prefix) if requests else None
+    try:
+        if cfg.backend == "llamacpp" and requests:
+            server = LlamaCppServer(cfg.model, n_ctx=cfg.n_ctx, seed=cfg.seed).start()
+            client_url, client_model = server.base_url, server.model
+        else:
+            client_url, client_model = cfg.base_url, cfg.model
+        client = open_client(cfg, cache_dir=cfg.cache_dir or str(cache_root() / "judge_cache"), state_dir=default_batch_dir(out),
+                             model=client_model, base_url=client_url)
         # This run's failures (a re-run retries everything not yet in `out` anyway). Cleared only once the
         # client is set up, so a run that cannot start leaves the previous list as it was.
         atomic_write_text(failed_path, "")
-        fail_app = stack.enter_context(JsonlAppender(failed_path))
-        if client is not None:
-            client.complete_many(requests, desc="judge", on_reply=on_reply)
+        fail_app = JsonlAppender(failed_path)
+        with client:
+            complete_with_reask(client, requests, accept=readable, reasks=cfg.reasks, desc="judge", on_final=on_final)
             ledger = client.ledger
+    finally:
+        if server is not None:
+            server.stop()
+        app.close()
+        if fail_app is not None:
+            fail_app.close()
     dt = time.monotonic() - t0
-    n_failed = sum(v for k, v in stats.items() if k not in ("ranked", "parsed_calls", "calls_total"))
+    counters = ("ranked", "parsed_calls", "calls_total", "reasks")
+    n_failed = sum(v for k, v in stats.items() if k not in counters)
     summ = {
         "records": len(records), "already_done": len(records) - len(todo), "ranked": stats["ranked"], "failed": n_failed,
-        "failed_by_reason": {k: v for k, v in stats.items() if k not in ("ranked", "parsed_calls", "calls_total")},
+        "failed_by_reason": {k: v for k, v in stats.items() if k not in counters}, "reasks": stats["reasks"], "mode": cfg.mode,
         "previously_failed": previously_failed,
         "parse_rate_calls": stats["parsed_calls"] / max(stats["calls_total"], 1),
         "mean_kendall_tau_between_orders": sum(taus) / len(taus) if taus else None,

@@ -33,9 +33,12 @@ from tuna_recipes.pipeline.report import make_report
 
 VARIANTS = ("tuna_p", "tuna_c", "tuna", "tuna_cp", "best_of_n")
 
-NOT_IN_STEP_KEYS = frozenset({"unreachable_timeout"})
-"""Settings that change only when a step gives up, never what it computes: left out of the step keys, so that setting
-them (or their arrival in an older run's config) keeps the run's finished steps."""
+NOT_IN_STEP_KEYS = frozenset({"unreachable_timeout", "mode", "batch_dir", "batch_max_requests", "batch_max_bytes",
+                              "batch_poll_interval", "batch_poll_max_interval", "batch_max_submits", "dry_run",
+                              "expected_completion_tokens", "reasks"})
+"""Settings that change only when or how a step gives up or is sent (the judge's sync | batch mode and its knobs, its
+re-asks of unreadable replies), never what a finished step computed: left out of the step keys, so that setting them
+(or their arrival in an older run's config) keeps the run's finished steps."""
 
 
 def step_settings(section: Any) -> Any:
