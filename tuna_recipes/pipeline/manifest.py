@@ -42,10 +42,19 @@ class Manifest:
         self.data = json.loads(self.path.read_text()) if self.path.exists() else {"steps": {}}
         self.data["config"] = config
         self.data["versions"] = versions()
+        self.touched: set[str] = set()
         self.save()
 
     def save(self) -> None:
-        atomic_write_json(self.path, self.data)
+        """Write the manifest, keeping the steps other processes recorded since it was read: the jobs of a run on a
+        cluster (launcher slurm) write one manifest at once; each owns the steps it ran."""
+        from filelock import FileLock
+
+        with FileLock(str(self.path) + ".lock"):
+            disk = json.loads(self.path.read_text()) if self.path.exists() else {"steps": {}}
+            mine = {k: v for k, v in self.data["steps"].items() if k in self.touched}
+            self.data["steps"] = {**disk.get("steps", {}), **mine}
+            atomic_write_json(self.path, self.data)
 
     def run(self, name: str, inputs: dict[str, Any], outputs: list[Path], fn: Callable[[], Any],
             shared_marker: Path | None = None) -> float:
@@ -60,10 +69,12 @@ class Manifest:
         if (done_here or done_shared) and all(p.exists() for p in outputs):
             log.info("step %s: done already (inputs unchanged), skipping", name)
             if not done_here:
+                self.touched.add(name)
                 self.data["steps"][name] = {"status": "done", "inputs_hash": key, "inputs": inputs, "shared": True,
                                             "outputs": [str(p) for p in outputs], "wall_s": 0.0}
                 self.save()
             return 0.0
+        self.touched.add(name)
         self.data["steps"][name] = {"status": "running", "inputs_hash": key, "inputs": inputs,
                                     "outputs": [str(p) for p in outputs], "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self.save()
