@@ -104,7 +104,7 @@ def test_paper_ablation_dry_run():
 
 
 def fake_slurm(bin_dir: Path) -> Path:
-    """sbatch that records each script and answers with a job id; sacct that says every job is pending."""
+    """sbatch that records each script and answers with a job id; sacct that says every job is pending; srun."""
     bin_dir.mkdir()
     log = bin_dir / "sbatch.log"
     (bin_dir / "sbatch").write_text(f"""#!/bin/sh
@@ -118,7 +118,8 @@ ids=$(echo "$@" | sed -n 's/.*-j \\([0-9,]*\\).*/\\1/p' | tr ',' ' ')
 echo "JobID|State|NodeList"
 for i in $ids; do echo "$i|PENDING|None assigned"; done
 """)
-    for f in ("sbatch", "sacct"):
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit checks that it exists; the sbatch scripts call it
+    for f in ("sbatch", "sacct", "srun"):
         (bin_dir / f).chmod((bin_dir / f).stat().st_mode | stat.S_IEXEC)
     return log
 
@@ -165,7 +166,7 @@ def test_local_executor_sweep_resumes_isolates_failures_and_matches_local(shared
     t_local = time.time() - t0
 
     # the jobs launcher with submitit's local executor: every step a process
-    path = write_sweep(tmp_path, "S", cluster={"executor": "local", "local_parallel": 2, "poll_s": 0.2})
+    path = write_sweep(tmp_path, "S", cluster={"executor": "local", "max_running": 2, "poll_s": 0.2})
     root = tmp_path / "S" / "sweep"
     env = {**os.environ, "TUNA_PROGRESS": "0"}
     log = (tmp_path / "launch1.log").open("w")
@@ -202,8 +203,9 @@ def test_local_executor_sweep_resumes_isolates_failures_and_matches_local(shared
     failed_line = next(line for line in _section(status.stdout, "broken") if line.split()[0] == "tuna_p")
     assert "Invalid learning rate" in failed_line and "_log.err" in failed_line
     assert "killed?" in next(line for line in _section(status.stdout, "m0") if line.split()[0] == "eval_tuna_p")
+    assert "not finished: m0, broken" in _section(status.stdout, "(sweep)")[0]  # the tables job: partial, so not done
     sweep = json.loads((root / "sweep.json").read_text())
-    assert [r["label"] for r in sweep["runs"]] == ["m1"] and sorted(sweep["unfinished"]) == ["broken", "m0"]
+    assert [r["label"] for r in sweep["runs"]] == ["m1"] and sweep["unfinished"] == ["m0", "broken"]
 
     # launched again: only what did not finish is submitted, and it resumes (the teacher and trainings are not redone)
     proc = run_cli("sweep", "--config", str(path), "--launcher", "slurm")

@@ -41,7 +41,8 @@ class ClusterConfig:
     experiments/ablations/paper_slurm.yaml spells them out."""
 
     executor: str = "slurm"
-    """slurm (sbatch through submitit) | local (submitit's local executor: each job a process on this machine; tests)."""
+    """slurm (sbatch through submitit; dependencies held by Slurm) | local (submitit's local executor: each job a process
+    on this machine) | another submitit executor (a plugin); for those the launcher holds the dependencies and stays."""
     folder: str | None = None
     """Jobs' logs, pickles and markers (None: <sweep or run dir>/launch)."""
     partition: str | None = None
@@ -55,9 +56,10 @@ class ClusterConfig:
     signal_delay_s: int = 120
     """Seconds before the time limit at which a job is told to checkpoint and requeue."""
     wait: bool = False
-    """Stay until every job has ended (the local executor always does: it submits each job once its inputs exist)."""
-    local_parallel: int = 2
-    """Jobs the local executor runs at once."""
+    """slurm: stay until every job has ended (other executors always do: the launcher submits each job once the jobs it
+    waits on have ended)."""
+    max_running: int = 2
+    """Executors other than slurm: jobs submitted at once."""
     poll_s: float = 2.0
     data: Resources = field(default_factory=lambda: Resources(cpus_per_task=2, mem_gb=8, timeout_min=30))
     sample: Resources = field(default_factory=lambda: Resources(gpus_per_node=1, cpus_per_task=8, mem_gb=64, timeout_min=12 * 60))

@@ -16,6 +16,7 @@ from typing import Any
 from submitit import JobEnvironment
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from tuna.errors import TunaError
 from tuna.records import atomic_write_json, atomic_write_text
 from tuna_recipes.pipeline.config import PipelineConfig
 from tuna_recipes.pipeline.sweep import PlannedRun, Sweep, SweepConfig
@@ -62,7 +63,7 @@ class StepJob(Checkpointable):
         if self.requeued:
             print(f"[tuna job] {self.step} of {self.cfg.run_dir}: requeued {self.requeued}x, resuming from its manifest "
                   "(finished steps are skipped) and its training checkpoint, if any", flush=True)
-        run_pipeline(self.cfg, self.step)
+        run_pipeline(self.cfg, self.step, writer=rank == 0)  # every srun task trains; rank 0 keeps the records
         if rank == 0:
             atomic_write_text(done_marker(self.folder), self.key)
         return self.step
@@ -72,7 +73,8 @@ class StepJob(Checkpointable):
 
 
 class TablesJob(Checkpointable):
-    """The sweep's tables over the runs whose report finished; the others are listed as failed in sweep.json."""
+    """The sweep's tables over the runs whose report finished; the others are listed in sweep.json (``unfinished``)
+    and the job fails naming them, so that launching the sweep again makes the tables again."""
 
     def __init__(self, sw: SweepConfig, plan: list[PlannedRun], reports: dict[str, tuple[str, str]], key: str, folder: str):
         self.sw, self.plan, self.key, self.folder = sw, plan, key, folder
@@ -80,6 +82,8 @@ class TablesJob(Checkpointable):
 
     def __call__(self) -> dict[str, Any]:
         s = Sweep(self.sw)
+        planned = {p.label for p in self.plan}
+        s.runs = {k: v for k, v in s.runs.items() if k not in planned}  # recorded again below, in the plan's order
         failed = []
         for p in self.plan:
             if is_done(*self.reports[p.label]):
@@ -89,6 +93,8 @@ class TablesJob(Checkpointable):
         out = s.tables()
         s.save(unfinished=failed)
         print(json.dumps({"runs": len(out["runs"]), "unfinished": failed}))
+        if failed:  # not done: launching the sweep again finishes those runs and makes the tables again
+            raise TunaError(f"tables over {len(self.plan) - len(failed)} of {len(self.plan)} runs; not finished: {', '.join(failed)}")
         atomic_write_text(done_marker(self.folder), self.key)
         return {"tables": out["tables"], "unfinished": failed}
 

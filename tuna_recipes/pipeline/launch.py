@@ -87,10 +87,17 @@ class Launcher:
 
     def executor(self, job: Job) -> Any:
         import submitit
+        from submitit.core.plugins import get_executors
 
-        ex = submitit.AutoExecutor(folder=job.folder, cluster=self.cluster.executor,
-                                   slurm_max_num_timeout=self.cluster.max_requeue, local_max_num_timeout=self.cluster.max_requeue)
-        return ex
+        if self.cluster.executor not in get_executors():
+            raise TunaError(f"unknown executor {self.cluster.executor!r} (submitit has {', '.join(get_executors())})",
+                            field="cluster.executor")
+        try:
+            return submitit.AutoExecutor(folder=job.folder, cluster=self.cluster.executor,
+                                         slurm_max_num_timeout=self.cluster.max_requeue, local_max_num_timeout=self.cluster.max_requeue)
+        except RuntimeError as e:  # submitit's Slurm executor on a machine without srun
+            raise TunaError(f"{e} (submit from a Slurm login node; --dry_run true prints the jobs anywhere; "
+                            "cluster.executor local runs them here)", field="cluster.executor") from None
 
     def submit(self, job: Job, dep_ids: list[str]) -> str:
         params = dict(job.params)
@@ -130,8 +137,10 @@ class Launcher:
         state = rec.get("state", "submitted")
         if state in ("failed", "cancelled"):
             return state, rec.get("error", "") + (f" ({log})" if state == "failed" else "")
-        if state == "submitted":  # the local launcher is the job's parent: its record says whether it ended
-            return "running", f"job {rec['job_id']}, {log}"
+        if state == "submitted":  # a local job: its launcher records how it ended, unless the launcher was stopped
+            if alive(int(rec["job_id"])):
+                return "running", f"job {rec['job_id']}, {log}"
+            return "failed", f"job {rec['job_id']} ended while its launcher was not watching ({log})"
         return state, ""
 
     def active(self, job: Job) -> bool:
@@ -143,8 +152,8 @@ class Launcher:
         """Submit (or print) every job not done; returns each job's state when this returns."""
         if dry_run:
             return self.dry_run(jobs)
-        if self.cluster.executor == "local":
-            return self.run_local(jobs)
+        if self.cluster.executor != "slurm":
+            return self.run_gated(jobs)
         ids: dict[str, str] = {}
         for job in jobs:
             if is_done(job.folder, job.key):
@@ -183,9 +192,10 @@ class Launcher:
             print(f"  after:     {j.after}: {', '.join(deps)}" if deps else "  after:     (nothing)")
         return {j.name: "dry run" for j in todo}
 
-    def run_local(self, jobs: list[Job]) -> dict[str, str]:
-        """submitit's local executor has no dependencies: submit each job once the jobs it waits on have ended (after
-        ``afterok``: finished; ``afterany``: in any state), at most ``local_parallel`` at once."""
+    def run_gated(self, jobs: list[Job]) -> dict[str, str]:
+        """Executors without job dependencies (submitit's local executor, other schedulers' plugins): submit each job
+        once the jobs it waits on have ended (``afterok``: finished; ``afterany``: in any state), at most
+        ``max_running`` at once; this process stays until every job has ended."""
         outcome: dict[str, str] = {j.key: "done" for j in jobs if is_done(j.folder, j.key)}
         pending = [j for j in jobs if j.key not in outcome]
         running: dict[str, tuple[Job, Any]] = {}
@@ -196,13 +206,13 @@ class Launcher:
                     continue
                 if j.after == "afterok" and any(o != "done" for o in got):
                     outcome[j.key] = "cancelled"
-                    self.records[j.key] = {"name": j.name, "step": j.step, "runs": j.runs, "executor": "local", "folder": j.folder,
+                    self.records[j.key] = {"name": j.name, "step": j.step, "runs": j.runs, "executor": self.cluster.executor, "folder": j.folder,
                                            "state": "cancelled", "error": "a job it waits on did not finish", "stderr": ""}
                     self.save()
                     print(f"[launch] cancelled {j.name}: a job it waits on did not finish", flush=True)
                     pending.remove(j)
                     continue
-                if len(running) < self.cluster.local_parallel:
+                if len(running) < self.cluster.max_running:
                     running[j.key] = (j, self.submit(j, []))
                     pending.remove(j)
             for key, (j, sj) in list(running.items()):
@@ -220,6 +230,18 @@ class Launcher:
             time.sleep(self.cluster.poll_s if running else 0)
         assert len(outcome) == len(jobs)
         return {j.name: outcome[j.key] for j in jobs}
+
+
+def alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def error_line(sj: Any) -> str:

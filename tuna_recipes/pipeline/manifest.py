@@ -37,7 +37,9 @@ def versions() -> dict[str, str]:
 class Manifest:
     """``manifest.json`` of a run: what each step consumed, produced, cost and took."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any]):
+    def __init__(self, run_dir: Path, config: dict[str, Any], *, writer: bool = True):
+        """``writer`` False: another rank of a multi-GPU job, which runs the steps but leaves the records to rank 0."""
+        self.writer = writer
         self.path = run_dir / "manifest.json"
         self.data = json.loads(self.path.read_text()) if self.path.exists() else {"steps": {}}
         self.data["config"] = config
@@ -50,6 +52,8 @@ class Manifest:
         cluster (launcher slurm) write one manifest at once; each owns the steps it ran."""
         from filelock import FileLock
 
+        if not self.writer:
+            return
         with FileLock(str(self.path) + ".lock"):
             disk = json.loads(self.path.read_text()) if self.path.exists() else {"steps": {}}
             mine = {k: v for k, v in self.data["steps"].items() if k in self.touched}
@@ -93,7 +97,7 @@ class Manifest:
         self.data["steps"][name].update({"status": "done", "wall_s": round(wall, 1),
                                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
         self.save()
-        if shared_marker is not None:
+        if shared_marker is not None and self.writer:
             atomic_write_text(shared_marker, key)
         return wall
 

@@ -53,12 +53,12 @@ def step_settings(section: Any) -> Any:
 class PipelineRun:
     """One run folder: its config, its manifest, and the steps that fill it."""
 
-    def __init__(self, cfg: PipelineConfig):
+    def __init__(self, cfg: PipelineConfig, *, writer: bool = True):
         self.cfg = cfg
         self.dir = Path(cfg.run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.shared = (self.dir / "shared").resolve()  # a sweep links every run's shared/ to one folder: key by the real path
-        self.man = Manifest(self.dir, asdict(cfg))
+        self.man = Manifest(self.dir, asdict(cfg), writer=writer)
 
     def instructions(self, s: InstructionSlice, *, kind: str = "any"):
         return load_inputs(expand_data(s.path), limit=s.limit, offset=s.offset, kind=kind)
@@ -220,6 +220,8 @@ class PipelineRun:
             tc = TrainConfig(model=replace(sc.model, name_or_path=start), data=replace(sc.data, train_file=str(data)),
                              loss=sc.loss, optim=sc.optim, trainer=sc.trainer, out_dir=str(out), seed=self.cfg.seed)
             run_training(stage, tc)
+            if not self.man.writer:  # another rank of a multi-GPU job: rank 0 writes the summary and records it
+                return {}
             summary = json.loads((out / "train_summary.json").read_text())
             return {"train": {"global_step": summary["global_step"], "metrics": summary["metrics"]}}
 
@@ -260,9 +262,10 @@ class PipelineRun:
                            paper=cfg.paper_numbers)
 
 
-def run_pipeline(cfg: PipelineConfig, step: str | None = None) -> dict[str, Any]:
+def run_pipeline(cfg: PipelineConfig, step: str | None = None, *, writer: bool = True) -> dict[str, Any]:
     """Run (or resume) every step in order (tuna_recipes.pipeline.steps); returns the manifest's data. ``step``: only
-    that step, after the finished steps it reads (what a cluster job runs)."""
+    that step, after the finished steps it reads (what a cluster job runs); ``writer`` False: a rank other than 0 of a
+    multi-GPU job (it trains, the manifest is rank 0's)."""
     from tuna_recipes.pipeline.steps import execute
 
     if cfg.threads:
@@ -270,4 +273,4 @@ def run_pipeline(cfg: PipelineConfig, step: str | None = None) -> dict[str, Any]
 
         torch.set_num_threads(cfg.threads)
         os.environ["TUNA_THREADS"] = str(cfg.threads)
-    return execute(PipelineRun(cfg), step)
+    return execute(PipelineRun(cfg, writer=writer), step)
