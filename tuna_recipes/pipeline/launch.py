@@ -252,8 +252,15 @@ def error_line(sj: Any) -> str:
         return f"ended without a result ({type(err).__name__}: killed?)"
     if e is None:
         return "ended without writing its done marker"
-    lines = [x for x in str(e).strip().splitlines() if x.strip()]
-    return lines[-1].strip() if lines else type(e).__name__
+    import re
+
+    from submitit.core.utils import UncompletedJobError
+
+    if isinstance(e, UncompletedJobError):
+        return "ended without a result (killed?)"
+
+    raised = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b.*)$", str(e), re.M)  # the traceback's last line
+    return raised[-1].strip() if raised else type(e).__name__
 
 
 # ----------------------------------------------------------------------------------------------- commands
