@@ -254,9 +254,9 @@ def error_line(sj: Any) -> str:
         return "ended without writing its done marker"
     import re
 
-    from submitit.core.utils import UncompletedJobError
+    from submitit.core.utils import FailedJobError
 
-    if isinstance(e, UncompletedJobError):
+    if not isinstance(e, FailedJobError):  # (FailedJobError, with the traceback, is a kind of UncompletedJobError)
         return "ended without a result (killed?)"
 
     raised = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b.*)$", str(e), re.M)  # the traceback's last line
