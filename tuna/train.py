@@ -133,6 +133,8 @@ def run_training(stage: str, cfg: TrainConfig, *, callbacks: list[Any] | None = 
         if not Path(cfg.resume).exists():
             raise TunaError("checkpoint to resume from does not exist", path=cfg.resume, field="resume")
         ckpt_path = cfg.resume
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
     t0 = time.time()
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)

@@ -57,6 +57,8 @@ class GeneratorConfig:
     """Stop when no connection to the endpoint has succeeded for this many seconds (openai, llamacpp)."""
     n_ctx: int = 2048
     """Context size of the local llama.cpp server (llamacpp)."""
+    tensor_parallel_size: int = 1
+    """GPUs one vLLM engine spreads the model over (vllm; a Slurm job of the pipeline asks for this many)."""
 
 
 @dataclass

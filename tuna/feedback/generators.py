@@ -376,6 +376,7 @@ class VLLMGenerator:
     """auto: bf16 where the GPU supports it, else fp16 (tuna.precision)."""
     gpu_memory_utilization: float = 0.85
     max_model_len: int | None = None
+    tensor_parallel_size: int = 1
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -392,7 +393,7 @@ class VLLMGenerator:
         self.dtype = resolve_dtype(self.dtype, "cuda")
         self.llm = vllm.LLM(model=resolve(self.model), dtype=self.dtype, enable_prefix_caching=True,
                             gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len,
-                            **self.engine_kwargs)
+                            tensor_parallel_size=self.tensor_parallel_size, **self.engine_kwargs)
 
     def generate(self, prompts: list[str], params: GenerationConfig) -> list[list[Generation]]:
         import vllm
@@ -414,7 +415,7 @@ class VLLMGenerator:
 
 def make_generator(backend: str, model: str, **kwargs: Any) -> Generator:
     """``backend``: ``hf`` (kwargs: device, dtype, batch_size, tokenizer), ``openai`` (base_url, api_key_env,
-    mode, concurrency, max_retries, timeout, unreachable_timeout) or ``vllm`` (dtype, gpu_memory_utilization, engine_kwargs)."""
+    mode, concurrency, max_retries, timeout, unreachable_timeout) or ``vllm`` (dtype, gpu_memory_utilization, tensor_parallel_size, engine_kwargs)."""
     if backend == "hf":
         return HFGenerator(model, **kwargs)
     if backend == "openai":

@@ -69,7 +69,7 @@ def open_generator(gen: GeneratorConfig, stack: contextlib.ExitStack, *, logprob
         g.name = gen.model
         return g
     if gen.backend == "vllm":
-        return make_generator("vllm", gen.model, dtype=gen.dtype)
+        return make_generator("vllm", gen.model, dtype=gen.dtype, tensor_parallel_size=gen.tensor_parallel_size)
     raise TunaError(f"unknown generator backend {gen.backend!r} (hf | openai | vllm | llamacpp)", field="backend")
 
 

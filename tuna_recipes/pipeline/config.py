@@ -17,6 +17,7 @@ from tuna.errors import TunaError
 from tuna.feedback.config import GeneratorConfig, JudgeConfig, SamplingConfig
 from tuna.generation import GenerationConfig
 from tuna.stages import STAGES
+from tuna_recipes.pipeline.cluster import ClusterConfig
 
 
 @dataclass
@@ -185,11 +186,19 @@ class PipelineConfig:
     """Variant best_of_n: SFT of the student on the top candidate of its own ranked samples (the tuna_c data)."""
     seed: int = 42
     threads: int | None = None
+    launcher: str = "local"
+    """local: every step in this process | slurm: each step a job through submitit, on the resources of `cluster`
+    (docs/slurm.md)."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """The jobs' resources per kind of step, partition, account, sbatch flags (launcher slurm)."""
+    dry_run: bool = False
+    """launcher slurm: print every job it would submit (resources, dependencies) and submit nothing."""
 
 
 def set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:
     """Set ``cfg[a][b][c] = value`` for ``key = "a.b.c"``; a dict value is merged into the section it names (keys it
-    leaves out keep their values), anything else replaces it."""
+    leaves out keep their values; a key the section lacks is added, and named by build_config if the section is typed),
+    anything else replaces it."""
     node = cfg
     parts = key.split(".")
     for part in parts[:-1]:
@@ -200,7 +209,10 @@ def set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:
         raise TunaError(f"config key {key!r} does not exist", field=key)
     if isinstance(value, dict) and isinstance(node[parts[-1]], dict):
         for k, v in value.items():
-            set_dotted(node, f"{parts[-1]}.{k}", v)
+            if k in node[parts[-1]]:
+                set_dotted(node, f"{parts[-1]}.{k}", v)
+            else:  # a new key of a free-form mapping (cluster.sbatch); build_config names a section's unknown key
+                node[parts[-1]][k] = v
     else:
         node[parts[-1]] = value
 

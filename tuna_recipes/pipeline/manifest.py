@@ -37,15 +37,28 @@ def versions() -> dict[str, str]:
 class Manifest:
     """``manifest.json`` of a run: what each step consumed, produced, cost and took."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any]):
+    def __init__(self, run_dir: Path, config: dict[str, Any], *, writer: bool = True):
+        """``writer`` False: another rank of a multi-GPU job, which runs the steps but leaves the records to rank 0."""
+        self.writer = writer
         self.path = run_dir / "manifest.json"
         self.data = json.loads(self.path.read_text()) if self.path.exists() else {"steps": {}}
         self.data["config"] = config
         self.data["versions"] = versions()
+        self.touched: set[str] = set()
         self.save()
 
     def save(self) -> None:
-        atomic_write_json(self.path, self.data)
+        """Write the manifest, keeping the steps other processes recorded since it was read: the jobs of a run on a
+        cluster (launcher slurm) write one manifest at once; each owns the steps it ran."""
+        from filelock import FileLock
+
+        if not self.writer:
+            return
+        with FileLock(str(self.path) + ".lock"):
+            disk = json.loads(self.path.read_text()) if self.path.exists() else {"steps": {}}
+            mine = {k: v for k, v in self.data["steps"].items() if k in self.touched}
+            self.data["steps"] = {**disk.get("steps", {}), **mine}
+            atomic_write_json(self.path, self.data)
 
     def run(self, name: str, inputs: dict[str, Any], outputs: list[Path], fn: Callable[[], Any],
             shared_marker: Path | None = None) -> float:
@@ -60,10 +73,12 @@ class Manifest:
         if (done_here or done_shared) and all(p.exists() for p in outputs):
             log.info("step %s: done already (inputs unchanged), skipping", name)
             if not done_here:
+                self.touched.add(name)
                 self.data["steps"][name] = {"status": "done", "inputs_hash": key, "inputs": inputs, "shared": True,
                                             "outputs": [str(p) for p in outputs], "wall_s": 0.0}
                 self.save()
             return 0.0
+        self.touched.add(name)
         self.data["steps"][name] = {"status": "running", "inputs_hash": key, "inputs": inputs,
                                     "outputs": [str(p) for p in outputs], "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self.save()
@@ -82,7 +97,7 @@ class Manifest:
         self.data["steps"][name].update({"status": "done", "wall_s": round(wall, 1),
                                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
         self.save()
-        if shared_marker is not None:
+        if shared_marker is not None and self.writer:
             atomic_write_text(shared_marker, key)
         return wall
 

@@ -33,12 +33,13 @@ from tuna_recipes.pipeline.report import make_report
 
 VARIANTS = ("tuna_p", "tuna_c", "tuna", "tuna_cp", "best_of_n")
 
-NOT_IN_STEP_KEYS = frozenset({"unreachable_timeout", "mode", "batch_dir", "batch_max_requests", "batch_max_bytes",
-                              "batch_poll_interval", "batch_poll_max_interval", "batch_max_submits", "dry_run",
-                              "expected_completion_tokens", "reasks"})
-"""Settings that change only when or how a step gives up or is sent (the judge's sync | batch mode and its knobs, its
-re-asks of unreadable replies), never what a finished step computed: left out of the step keys, so that setting them
-(or their arrival in an older run's config) keeps the run's finished steps."""
+NOT_IN_STEP_KEYS = frozenset({"unreachable_timeout", "tensor_parallel_size", "mode", "batch_dir", "batch_max_requests",
+                              "batch_max_bytes", "batch_poll_interval", "batch_poll_max_interval", "batch_max_submits",
+                              "dry_run", "expected_completion_tokens", "reasks"})
+"""Settings that change only when or how a step gives up, is sent, or how many GPUs it spreads over (the judge's
+sync | batch mode and its knobs, its re-asks of unreadable replies, vLLM's tensor parallelism), never what a finished
+step computed: left out of the step keys, so that setting them (or their arrival in an older run's config) keeps the
+run's finished steps."""
 
 
 def step_settings(section: Any) -> Any:
@@ -56,12 +57,12 @@ def step_settings(section: Any) -> Any:
 class PipelineRun:
     """One run folder: its config, its manifest, and the steps that fill it."""
 
-    def __init__(self, cfg: PipelineConfig):
+    def __init__(self, cfg: PipelineConfig, *, writer: bool = True):
         self.cfg = cfg
         self.dir = Path(cfg.run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.shared = (self.dir / "shared").resolve()  # a sweep links every run's shared/ to one folder: key by the real path
-        self.man = Manifest(self.dir, asdict(cfg))
+        self.man = Manifest(self.dir, asdict(cfg), writer=writer)
 
     def instructions(self, s: InstructionSlice, *, kind: str = "any"):
         return load_inputs(expand_data(s.path), limit=s.limit, offset=s.offset, kind=kind)
@@ -135,24 +136,30 @@ class PipelineRun:
         else:
             raise TunaError(f"unknown ranker {self.cfg.ranker!r} (judge | verifier)", field="ranker")
 
-    def context_data(self, tag: str, generator: str) -> Path:
-        """The model ``generator`` samples its own candidates and the ranker ranks them (contextual ranking). Keyed by
-        the generator's content and the settings, so the runs of a sweep that start from one model share them."""
+    def context_candidates(self, tag: str, generator: str) -> Path:
+        """The model ``generator`` samples its own candidates (contextual ranking). Keyed by the generator's content
+        and the settings, so the runs of a sweep that start from one model share them."""
         from tuna.feedback.sampling import sample_candidates
 
         cfg, s = self.cfg, self.cfg.student_sampling
         src = cfg.context_instructions
         if cfg.ranker == "verifier":
             src = replace(src, path=str(self.verifiable_splits()["train"]))
-        ranker = step_settings(cfg.judge) if cfg.ranker == "judge" else {"verifier": {"by": cfg.verifiable.by, "flip": cfg.verifiable.flip}}  # type: ignore[union-attr]
         key = config_hash([model_hash(generator), asdict(s), asdict(src), expand_data(src.path), cfg.seed])
-        d = self.shared / f"context-{key}"
-        cands, ranked = d / "candidates.jsonl", d / f"ranked-{config_hash([cfg.ranker, ranker])}.jsonl"
+        cands = self.shared / f"context-{key}" / "candidates.jsonl"
         gen = GeneratorConfig(model=generator, backend="hf", dtype=s.dtype, batch_size=s.batch_size)
         self.man.run(f"sample_{tag}", {"generator": generator, "gen_hash": model_hash(generator), "sampling": asdict(s),
                                        "slice": asdict(src)}, [cands],
                      lambda: sample_candidates(self.instructions(src), str(cands), gen, replace(s, seed=cfg.seed)) and None,
                      shared_marker=cands.with_suffix(".done"))
+        return cands
+
+    def context_data(self, tag: str, generator: str) -> Path:
+        """The ranker ranks ``generator``'s own candidates (:meth:`context_candidates`)."""
+        cfg = self.cfg
+        cands = self.context_candidates(tag, generator)
+        ranker = step_settings(cfg.judge) if cfg.ranker == "judge" else {"verifier": {"by": cfg.verifiable.by, "flip": cfg.verifiable.flip}}  # type: ignore[union-attr]
+        ranked = cands.parent / f"ranked-{config_hash([cfg.ranker, ranker])}.jsonl"
 
         def do_rank() -> dict[str, Any]:
             self.rank(cands, ranked)
@@ -217,6 +224,8 @@ class PipelineRun:
             tc = TrainConfig(model=replace(sc.model, name_or_path=start), data=replace(sc.data, train_file=str(data)),
                              loss=sc.loss, optim=sc.optim, trainer=sc.trainer, out_dir=str(out), seed=self.cfg.seed)
             run_training(stage, tc)
+            if not self.man.writer:  # another rank of a multi-GPU job: rank 0 writes the summary and records it
+                return {}
             summary = json.loads((out / "train_summary.json").read_text())
             return {"train": {"global_step": summary["global_step"], "metrics": summary["metrics"]}}
 
@@ -257,46 +266,15 @@ class PipelineRun:
                            paper=cfg.paper_numbers)
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
-    """Run (or resume) every step; returns the manifest's data."""
+def run_pipeline(cfg: PipelineConfig, step: str | None = None, *, writer: bool = True) -> dict[str, Any]:
+    """Run (or resume) every step in order (tuna_recipes.pipeline.steps); returns the manifest's data. ``step``: only
+    that step, after the finished steps it reads (what a cluster job runs); ``writer`` False: a rank other than 0 of a
+    multi-GPU job (it trains, the manifest is rank 0's)."""
+    from tuna_recipes.pipeline.steps import execute
+
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
         os.environ["TUNA_THREADS"] = str(cfg.threads)
-    unknown = set(cfg.variants) - set(VARIANTS)
-    if unknown:
-        raise TunaError(f"unknown variants {sorted(unknown)} ({' | '.join(VARIANTS)})", field="variants")
-    run = PipelineRun(cfg)
-    models: dict[str, str] = {"student": cfg.student}
-    if cfg.sft is not None:
-        models["student"] = run.train("sft", "sft", cfg.sft, cfg.student, run.sft_data())
-    student = models["student"]
-
-    needs_p = any(v in cfg.variants for v in ("tuna_p", "tuna", "tuna_cp"))
-    ranked = None
-    if needs_p:
-        if cfg.prob_ranked:
-            ranked = Path(cfg.prob_ranked)
-            if not ranked.exists():
-                raise TunaError("file does not exist", path=ranked, field="prob_ranked")
-        else:
-            ranked = run.teacher_data()
-        models["tuna_p"] = run.train("tuna_p", "prob-rank", cfg.prob_rank, student, ranked)
-    if "tuna" in cfg.variants:
-        if cfg.context_ranked and not Path(cfg.context_ranked).exists():
-            raise TunaError("file does not exist", path=cfg.context_ranked, field="context_ranked")
-        data = Path(cfg.context_ranked) if cfg.context_ranked else run.context_data("tuna", models["tuna_p"])
-        models["tuna"] = run.train("tuna", "context-rank", cfg.context_rank, models["tuna_p"], data)
-    if "tuna_c" in cfg.variants or "tuna_cp" in cfg.variants:
-        models["tuna_c"] = run.train("tuna_c", "context-rank", cfg.context_rank, student, run.context_data("tuna_c", student))
-    if "best_of_n" in cfg.variants:
-        models["best_of_n"] = run.train("best_of_n", "sft", cfg.best_of_n, student, run.context_data("tuna_c", student))
-    if "tuna_cp" in cfg.variants:
-        models["tuna_cp"] = run.train("tuna_cp", "prob-rank", cfg.prob_rank, models["tuna_c"], ranked)  # type: ignore[arg-type]
-
-    tables = run.evaluate(models)
-    run.man.data["models"] = models
-    run.man.data["results"] = tables
-    run.man.save()
-    return run.man.data
+    return execute(PipelineRun(cfg, writer=writer), step)

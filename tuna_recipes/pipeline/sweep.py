@@ -98,6 +98,13 @@ class SweepConfig:
     name: str = "sweep"
     run_dir: str = "runs/sweep"
     results_dir: str = "results/sweep"
+    launcher: str = "local"
+    """local: the runs one after another in this process | slurm: every step of every run a job through submitit
+    (resources: the runs' `cluster` section, e.g. set: {cluster.partition: gpu}; docs/slurm.md)."""
+    dry_run: bool = False
+    """launcher slurm: print every job it would submit (resources, dependencies) and submit nothing."""
+    status: bool = False
+    """Print each run's steps (done, running, queued, failed with the log's path) and submit nothing."""
 
 
 @dataclass
@@ -154,7 +161,9 @@ class Sweep:
             return None
         return sel.keys[arm] if arm in sel.keys else sel.key
 
-    def run(self, label: str, arm: str, overrides: dict[str, Any], seed: int | None, selected: dict[str, Any] | None = None) -> dict[str, Any]:
+    def prepare(self, label: str, overrides: dict[str, Any], seed: int | None, *, create: bool = True) -> PipelineConfig:
+        """The run's pipeline config; ``create``: its folder, its link to the sweep's shared/ folder (the runs share the
+        data steps whose settings they share: teacher samples and scores, the student's samples)."""
         d = json.loads(json.dumps(self.base))
         for k, v in overrides.items():
             set_dotted(d, k, v)
@@ -162,20 +171,29 @@ class Sweep:
             d["seed"] = seed
         d.update(name=label, run_dir=str(self.root / label), results_dir=str(Path(self.sw.results_dir) / "runs" / label))
         cfg = build_config(d)
-        # runs share the data steps whose settings they share (teacher samples and scores, the student's samples)
-        shared = self.root / "shared"
-        shared.mkdir(parents=True, exist_ok=True)
-        run_path = Path(cfg.run_dir)
-        run_path.mkdir(parents=True, exist_ok=True)
-        link = run_path / "shared"
-        if not link.exists():
-            link.symlink_to(shared.resolve(), target_is_directory=True)
-        run_pipeline(cfg)
-        rec = {"label": label, "arm": arm, "seed": seed, "overrides": overrides, "selected": selected,
-               "run_dir": cfg.run_dir, "timings": Manifest(run_path, asdict(cfg)).timings()}
-        self.runs[label] = rec
+        if create:
+            shared = self.root / "shared"
+            shared.mkdir(parents=True, exist_ok=True)
+            run_path = Path(cfg.run_dir)
+            run_path.mkdir(parents=True, exist_ok=True)
+            link = run_path / "shared"
+            if not link.exists():
+                link.symlink_to(shared.resolve(), target_is_directory=True)
+        return cfg
+
+    def record(self, cfg: PipelineConfig, arm: str, overrides: dict[str, Any], seed: int | None,
+               selected: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A finished run into sweep.json."""
+        rec = {"label": cfg.name, "arm": arm, "seed": seed, "overrides": overrides, "selected": selected,
+               "run_dir": cfg.run_dir, "timings": Manifest(Path(cfg.run_dir), asdict(cfg)).timings()}
+        self.runs[cfg.name] = rec
         self.save()
         return rec
+
+    def run(self, label: str, arm: str, overrides: dict[str, Any], seed: int | None, selected: dict[str, Any] | None = None) -> dict[str, Any]:
+        cfg = self.prepare(label, overrides, seed)
+        run_pipeline(cfg)
+        return self.record(cfg, arm, overrides, seed, selected)
 
     def save(self, **extra: Any) -> None:
         prev = json.loads(self.index.read_text()) if self.index.exists() else {}
@@ -221,13 +239,15 @@ class Sweep:
 
     # ------------------------------------------------------------------------------------------- the sweep
 
-    def run_all(self) -> dict[str, Any]:
+    def plan(self) -> list[PlannedRun]:
+        """The sweep's runs (after the validation search, when there is one)."""
         arms = self.arms()
         plan = [(arm, seed) for arm, _ in arms for seed in self.seeds_of(arm)]
         print(f"sweep {self.sw.name}: {len(plan)} runs over {len(arms)} arms"
               + (f", seeds {self.sw.seeds}" if self.sw.seeds else "") + (" after a validation search" if self.sw.select else ""))
         chosen = self.selection(arms)
-        for i, (arm, seed) in enumerate(plan):
+        out = []
+        for arm, seed in plan:
             overrides = dict(self.sw.arms.get(arm) or next(o for a, o in arms if a == arm))
             label = arm
             pick = chosen.get(arm)
@@ -236,12 +256,23 @@ class Sweep:
                 label += f"/{_short(pick['key'])}={_value_label(pick['value'])}"
             if seed is not None:
                 label += f"/s{seed}"
-            print(f"\n##### sweep run {i + 1}/{len(plan)}: {label}")
-            self.run(label, arm, overrides, seed, selected=pick and {"key": pick["key"], "value": pick["value"]})
+            out.append(PlannedRun(label, arm, overrides, seed, pick and {"key": pick["key"], "value": pick["value"]}))
+        assert len(out) == len(plan)
+        return out
+
+    def tables(self) -> dict[str, Any]:
+        """The ablation tables over the recorded runs (the validation search's runs left out)."""
         runs = [r for r in self.runs.values() if not (r.get("selected") or {}).get("search")]
         tables = make_sweep_report(runs, self.sw.results_dir, baseline=self.sw.baseline, knob_tables=not self.sw.arms)
         self.save(tables=tables)
         return {"runs": runs, "tables": tables}
+
+    def run_all(self) -> dict[str, Any]:
+        plan = self.plan()
+        for i, p in enumerate(plan):
+            print(f"\n##### sweep run {i + 1}/{len(plan)}: {p.label}")
+            self.run(p.label, p.arm, p.overrides, p.seed, selected=p.selected)
+        return self.tables()
 
 
 def split_metrics(run_dir: str, split: str) -> dict[str, float | None]:
