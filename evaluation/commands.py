@@ -200,17 +200,17 @@ class VicunaJob(EvalJob):
     """single (FastChat 2023: one review, the opponent as Assistant 1, the model as Assistant 2) | both (also the
     swapped review; the position-bias-controlled result is reported beside the single-order one)."""
     judge: JudgeConfig = field(default_factory=vicuna_reviewer)
-    """The reviewer: the same config as contextual ranking's judge, of which the review uses the endpoint (model,
-    backend, URL, keys, concurrency, retries, budget, cache: default <out_root>/judge_cache), the server seed and
-    `constrain` (rank_grammar: the review's first line must be "s1 s2", a GBNF grammar for weak local judges). The
-    request itself (prompt, temperature, max_tokens) is FastChat's reviewer's."""
+    # The review uses the judge's endpoint (model, backend, URL, keys, concurrency, retries, budget, cache: default
+    # <out_root>/judge_cache), its mode (sync | batch), server seed and `constrain` (rank_grammar: the review's first
+    # line must be "s1 s2", a GBNF grammar for weak local judges); the request itself is FastChat's reviewer's.
+    """The reviewer: the same config as contextual ranking's judge (docs/evaluation.md, Vicuna QA)."""
     review_max_tokens: int | None = None
     """Override the reviewer's max_tokens (FastChat reviewer.jsonl: 1024)."""
     strict_parse: bool = False
     """Parse the first line exactly as eval_gpt_review.py (else lenient; see docs)."""
     generation: GenerationConfig = field(default_factory=lambda: greedy(1024))
-    """Decoding of the answers (FastChat get_model_answer.py: 1024 new tokens, sampled at T=0.7; greedy here, so that
-    answers are reproducible)."""
+    # FastChat get_model_answer.py samples at T=0.7; greedy here, so that answers are reproducible
+    """Decoding of the answers (FastChat get_model_answer.py: 1024 new tokens; greedy here)."""
 
 
 def vicuna_answers(job: VicunaJob, run: EvalRun, questions: list[dict[str, Any]], data: Any) -> tuple[str, dict[int, str], dict[str, Any], dict[str, Any]]:

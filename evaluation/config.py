@@ -63,5 +63,5 @@ class EvalJob(BenchmarkJob):
     """An evaluation whose model answers: how it decodes."""
 
     generation: GenerationConfig = field(default_factory=lambda: greedy(GenerationConfig.max_new_tokens))
-    """Decoding of the answers (one answer per item: generation.n is 1). Greedy; each benchmark's job sets its
-    protocol's length."""
+    # greedy; each benchmark's job sets its protocol's length
+    """Decoding of the answers (one answer per item: generation.n is 1)."""

@@ -91,8 +91,9 @@ def rank(input: str, out: str, by: str = "task", limit: int | None = None, offse
 
 @dataclass(kw_only=True)
 class VerifiableJob(EvalJob):
-    """Greedy answers on a verifiable split (e.g. heldout.jsonl), scored by each item's own verifier. --limit takes
-    the first n records."""
+    """Greedy answers on a verifiable split (e.g. heldout.jsonl), scored by each item's own verifier.
+
+    --limit takes the first n records."""
 
     data: str
     """Instruction records from `tuna verifiable-data`."""

@@ -367,22 +367,16 @@ def test_judge_dry_run_with_stand_in_candidates_sends_nothing(tmp_path, capsys, 
 
 
 def test_vicuna_reviews_through_the_batch_api(tmp_path, monkeypatch, shared_data):
-    from evaluation.commands import eval_vicuna
+    from evaluation.commands import VicunaJob, run_vicuna
+    from tuna.feedback.config import JudgeConfig
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-key")
-    import dataclasses
-
-    import tuna.feedback.config as fc
-
-    @dataclasses.dataclass
-    class FastPolls(fc.JudgeConfig):  # the reviewer's batch polls every 10 ms here (30 s by default)
-        batch_poll_interval: float = 0.01
-        batch_poll_max_interval: float = 0.02
-
-    monkeypatch.setattr(fc, "JudgeConfig", FastPolls)
     with FakeBatchAPI() as fake:
-        path = eval_vicuna(answers="vicuna-13b", opponent="gpt35", data=str(shared_data / "vicuna_qa"), limit=3, orders="both",
-                           judge_model=MODEL, judge_base_url=fake.base_url, judge_mode="batch", out_root=str(tmp_path / "runs"))
+        # the reviewer's batch polls every 10 ms here (30 s by default)
+        judge = JudgeConfig(model=MODEL, backend="openai", base_url=fake.base_url, mode="batch", batch_poll_interval=0.01,
+                            batch_poll_max_interval=0.02)
+        path = run_vicuna(VicunaJob(answers="vicuna-13b", opponent="gpt35", data=str(shared_data / "vicuna_qa"), limit=3,
+                                    orders="both", judge=judge, out_root=str(tmp_path / "runs")))
         assert sum(fake.creates.values()) == 1 and fake.batches[fake.order[0]]["request_counts"]["total"] == 6
     res = json.loads(Path(path).read_text())
     m = res["metrics"]

@@ -10,7 +10,7 @@ from typing import Any
 
 from tuna_recipes.pipeline.config import PipelineConfig
 from tuna_recipes.pipeline.manifest import Manifest
-from tuna_recipes.pipeline.run import run_pipeline
+from tuna_recipes.pipeline.steps import run_pipeline
 
 WEAK_JUDGE_NOTE = (
     "Note: the embedded default uses SmolLM2-135M-Instruct as the judge and Gemma-3-270M (a base model) as the "

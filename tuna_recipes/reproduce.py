@@ -179,7 +179,7 @@ def prepare(rc: ReproduceConfig) -> Any:
 
 
 def run_reproduce(rc: ReproduceConfig) -> dict[str, Any]:
-    from tuna_recipes.pipeline.run import run_pipeline
+    from tuna_recipes.pipeline.steps import run_pipeline
 
     data = run_pipeline(prepare(rc))
 

@@ -127,14 +127,15 @@ class EvalConfig:
     template: str = "alpaca"
     """How each model sees the benchmark inputs: alpaca | chat | raw."""
     generation: GenerationConfig = field(default_factory=lambda: greedy(48))
-    """Decoding of the answers: greedy, 48 new tokens for Super-NI (official: 128) and LMentry (at most 50, upstream's
-    length). Vicuna answers get `vicuna_max_new_tokens`, the verifiable split `verifiable.max_new_tokens`."""
+    # 48 new tokens for Super-NI (official: 128) and LMentry (at most 50, upstream's length); Vicuna answers get
+    # `vicuna_max_new_tokens`, the verifiable split `verifiable.max_new_tokens`
+    """Decoding of the answers (greedy, 48 new tokens)."""
     vicuna_max_new_tokens: int | None = None
     """Vicuna answer length (None: twice generation.max_new_tokens; FastChat: 1024)."""
     runtime: RuntimeConfig = field(default_factory=lambda: RuntimeConfig(batch_size=16))
-    """Where the models run: backend auto (vLLM on a GPU where installed, else batched HF); device auto: the device the
-    run trains on (a GPU run evaluates on the GPU); dtype auto: bf16 where the device computes it natively, else fp32
-    (fp16 on GPUs without bf16)."""
+    # backend auto: vLLM on a GPU where installed, else batched HF; device auto: the device the run trains on; dtype
+    # auto: bf16 where the device computes it natively, else fp32 (fp16 on GPUs without bf16)
+    """Where the models run (backend, device, dtype, batch size)."""
 
 
 @dataclass

@@ -53,7 +53,7 @@ class StepJob(Checkpointable):
         return super().checkpoint(*args, **kwargs)
 
     def __call__(self) -> str:
-        from tuna_recipes.pipeline.run import run_pipeline
+        from tuna_recipes.pipeline.steps import run_pipeline
 
         job_logging()
         rank = JobEnvironment().global_rank

@@ -272,7 +272,7 @@ def launch_folder(cluster: ClusterConfig, root: Path) -> Path:
 
 def pipeline_command(cfg: PipelineConfig) -> Any:
     """``tuna pipeline``: run here (launcher local) or as jobs (launcher slurm)."""
-    from tuna_recipes.pipeline.run import run_pipeline
+    from tuna_recipes.pipeline.steps import run_pipeline
 
     if cfg.launcher == "local":
         return run_pipeline(cfg)

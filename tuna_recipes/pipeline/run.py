@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
@@ -264,17 +263,3 @@ class PipelineRun:
         baseline = "student" if "student" in cfg.evaluate else None
         return make_report(self.dir / "eval", cfg.results_dir, manifest=self.man.data, baseline=baseline,
                            paper=cfg.paper_numbers)
-
-
-def run_pipeline(cfg: PipelineConfig, step: str | None = None, *, writer: bool = True) -> dict[str, Any]:
-    """Run (or resume) every step in order (tuna_recipes.pipeline.steps); returns the manifest's data. ``step``: only
-    that step, after the finished steps it reads (what a cluster job runs); ``writer`` False: a rank other than 0 of a
-    multi-GPU job (it trains, the manifest is rank 0's)."""
-    from tuna_recipes.pipeline.steps import execute
-
-    if cfg.threads:
-        import torch
-
-        torch.set_num_threads(cfg.threads)
-        os.environ["TUNA_THREADS"] = str(cfg.threads)
-    return execute(PipelineRun(cfg, writer=writer), step)

@@ -9,6 +9,7 @@ inputs it finds finished skips it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -251,3 +252,15 @@ def execute(run: PipelineRun, step: str | None = None) -> dict[str, Any]:
             ran += 1
     assert ran == len(chosen), (ran, chosen)
     return run.man.data
+
+
+def run_pipeline(cfg: PipelineConfig, step: str | None = None, *, writer: bool = True) -> dict[str, Any]:
+    """Run (or resume) every step in order (tuna_recipes.pipeline.steps); returns the manifest's data. ``step``: only
+    that step, after the finished steps it reads (what a cluster job runs); ``writer`` False: a rank other than 0 of a
+    multi-GPU job (it trains, the manifest is rank 0's)."""
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+        os.environ["TUNA_THREADS"] = str(cfg.threads)
+    return execute(PipelineRun(cfg, writer=writer), step)

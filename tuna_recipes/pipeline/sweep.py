@@ -18,7 +18,7 @@ from tuna.records import atomic_write_json
 from tuna_recipes.pipeline.config import PipelineConfig, build_config, set_dotted
 from tuna_recipes.pipeline.manifest import Manifest
 from tuna_recipes.pipeline.report import make_sweep_report
-from tuna_recipes.pipeline.run import run_pipeline
+from tuna_recipes.pipeline.steps import run_pipeline
 
 
 def grid_values(key: str, values: list[Any] | str) -> list[Any]:
