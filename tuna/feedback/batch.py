@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from tuna.errors import TunaError
-from tuna.feedback.client import ChatReply, ChatRequest, cache_key
+from tuna.feedback.client import ChatReply, ChatRequest, cache_key, keyed_openai
 from tuna.feedback.config import UNREACHABLE_TIMEOUT
 from tuna.feedback.prices import price_per_1k
 from tuna.records import repair_jsonl
@@ -303,9 +303,6 @@ class BatchClient:
         settings: BatchSettings | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        from tuna.feedback.endpoint import watched_openai
-        from tuna.feedback.keys import read_api_key
-
         self.model = model
         self.settings = settings or BatchSettings()
         self.settings.check()
@@ -324,11 +321,8 @@ class BatchClient:
         self.sync_p, self.sync_c, _ = price_per_1k(model, "sync", price_per_1k_prompt, price_per_1k_completion)
         self.max_cost = max_cost
         self._sleep = sleep
-        key = read_api_key(api_key_env, api_key_file)
-        if not key and base_url is None:
-            raise TunaError(f"environment variable {api_key_env} is not set and no api_key_file given (needed for the OpenAI API)")
-        self._client, self.health = watched_openai(base_url=base_url, api_key=key or "none", max_retries=max_retries,
-                                                   timeout=timeout, unreachable_timeout=unreachable_timeout)
+        self._client, self.health = keyed_openai(base_url, api_key_env, api_key_file, max_retries=max_retries,
+                                                 timeout=timeout, unreachable_timeout=unreachable_timeout)
         self._cache = None
         if cache_dir:
             import diskcache

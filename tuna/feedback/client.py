@@ -115,6 +115,18 @@ class _HFChat:
         return self.prefix + g.text, n_prompt, g.num_tokens, g.finish_reason
 
 
+def keyed_openai(base_url: str | None, api_key_env: str, api_key_file: str | None, *, max_retries: int, timeout: float,
+                 unreachable_timeout: float) -> tuple[Any, EndpointHealth]:
+    """An OpenAI client with the key from the environment (or a file) and the endpoint watch. The client does the
+    retrying (exponential back-off with jitter, Retry-After honoured); the watch stops the run when the endpoint is
+    gone. A local server (``base_url``) needs no key."""
+    key = read_api_key(api_key_env, api_key_file)
+    if not key and base_url is None:
+        raise TunaError(f"environment variable {api_key_env} is not set and no api_key_file given (needed for the OpenAI API)")
+    return watched_openai(base_url=base_url, api_key=key or "none", max_retries=max_retries, timeout=timeout,
+                          unreachable_timeout=unreachable_timeout)
+
+
 class JudgeClient:
     def __init__(
         self,
@@ -152,13 +164,8 @@ class JudgeClient:
             self._cache = diskcache.Cache(cache_dir)
         self.health: EndpointHealth | None = None
         if backend == "openai":
-            key = read_api_key(api_key_env, api_key_file)
-            if not key and base_url is None:
-                raise TunaError(f"environment variable {api_key_env} is not set and no api_key_file given (needed for the OpenAI API)")
-            # The client does the retrying: exponential back-off with jitter, Retry-After honoured; the watch stops
-            # the run when the endpoint is gone.
-            self._client, self.health = watched_openai(base_url=base_url, api_key=key or "none", max_retries=max_retries,
-                                                       timeout=timeout, unreachable_timeout=unreachable_timeout)
+            self._client, self.health = keyed_openai(base_url, api_key_env, api_key_file, max_retries=max_retries,
+                                                     timeout=timeout, unreachable_timeout=unreachable_timeout)
             self._hf = None
             if assistant_prefix:
                 raise TunaError("assistant_prefix needs backend hf (chat APIs cannot prefill the reply)", field="assistant_prefix")
