@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from tuna.errors import TunaError
+from tuna.hashing import config_hash
 from tuna.records import atomic_write_json, atomic_write_text
 
 RESAMPLES = 10000
@@ -86,6 +87,28 @@ def _split_file(run_dir: Path, split: str, base: Path) -> Path | None:
         if Path(p).name == f"{split}.jsonl":
             return base / p
     return None
+
+
+def _pairs_draw(run_dir: Path, split: str, base: Path) -> Path | None:
+    """The ranked sets a run measured pair accuracy on (drawn by the run, or a committed draw it was given)."""
+    man = json.loads((run_dir / "manifest.json").read_text())
+    step = man["steps"].get(f"rank_{split}_pairs")
+    if step and step.get("outputs"):
+        return base / step["outputs"][0]
+    given = ((man["config"].get("verifiable") or {}).get("pairs_files") or {}).get(split)
+    return base / given if given else None
+
+
+def export_pairs_draw(src: Path, out: Path) -> str:
+    """Commit a split's ranked pair sets to ``out`` (gzipped) unless it holds them already; returns the draw's
+    fingerprint (the hash of its records, whatever the file's compression)."""
+    from tuna.records import read_records
+
+    rows = [r.model_dump(mode="json", exclude_none=True) for r in read_records(src, kind="ranked")]
+    fingerprint = config_hash(rows)
+    if not out.exists():
+        _write_jsonl_gz(out, rows)
+    return fingerprint
 
 
 def _ranker_agreement(run_dir: Path, base: Path) -> dict[str, Any] | None:
@@ -148,6 +171,9 @@ def export_sweep(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
             scores = {r["id"]: r["score"] for r in _read_jsonl(task[1] / "scores.jsonl")}
             pred_rows = {r["id"]: r for r in _read_jsonl(task[1] / "predictions.jsonl")}
             prow = {r["id"]: r for r in _read_jsonl(pairs[1] / "scores.jsonl")} if pairs else {}
+            draw = _pairs_draw(rd, split, base) if pairs else None
+            if draw is not None and draw.exists():
+                entry.setdefault("pairs_draw", {})[split] = export_pairs_draw(draw, out / "pairs" / f"{split}.ranked.jsonl.gz")
             rows = []
             for i, s in scores.items():
                 p = pred_rows.get(i, {})
@@ -245,10 +271,11 @@ class Evidence:
                 scores[split] = np.array([[x["score"] for x in rows] for rows in rows_per_seed], dtype=float)
                 preds[split] = [[x.get("prediction", "") for x in rows] for rows in rows_per_seed]
                 finish[split] = [[x.get("finish_reason") for x in rows] for rows in rows_per_seed]
-                if all("pairs" in x for x in rows_per_seed[0]):
-                    right[split] = np.array([[x["right"] for x in rows] for rows in rows_per_seed], dtype=float)
-                    pairs[split] = np.array([[x["pairs"] for x in rows] for rows in rows_per_seed], dtype=float)
-                    tied[split] = np.array([[x["tied"] for x in rows] for rows in rows_per_seed], dtype=float)
+                # an item without a pair set: its samples could not be drawn (all empty), so it holds no pair
+                if any("pairs" in x for x in rows_per_seed[0]):
+                    right[split] = np.array([[x.get("right", 0) for x in rows] for rows in rows_per_seed], dtype=float)
+                    pairs[split] = np.array([[x.get("pairs", 0) for x in rows] for rows in rows_per_seed], dtype=float)
+                    tied[split] = np.array([[x.get("tied", 0) for x in rows] for rows in rows_per_seed], dtype=float)
         return Arm(arm, [r["seed"] for r in runs], scores, right, pairs, tied, preds, runs, finish)
 
     def add_constant(self, train_file: str | Path | None = None) -> None:
@@ -394,10 +421,22 @@ def _paired_seed_arrays(a: Arm, b: Arm, na: np.ndarray, nb: np.ndarray) -> tuple
     return na, nb
 
 
+def same_pair_sets(a: Arm, b: Arm, split: str) -> bool:
+    """Whether two arms' pair accuracies can be paired: every run measured on the same draw of pair sets (its
+    fingerprint, where the export recorded one) and every item holds the same number of strict pairs in all of them."""
+    draws = {r["pairs_draw"][split] for r in a.runs + b.runs if split in r.get("pairs_draw", {})}
+    if len(draws) > 1:
+        return False
+    counts = np.concatenate([a.pairs[split], b.pairs[split]])
+    return bool((counts == counts[0]).all())
+
+
 def difference(boot: Bootstrap, a: Arm, b: Arm, split: str, measure: str, mask: np.ndarray) -> Estimate | None:
     """a - b over the same items and the same seed draws (paired), with the bootstrap replicates."""
     ma, mb = _measure(a, split, measure), _measure(b, split, measure)
     if ma is None or mb is None or not mask.any():
+        return None
+    if measure == "pairs" and not same_pair_sets(a, b, split):
         return None
     na, nb = _paired_seed_arrays(a, b, ma[0], mb[0])
     da, db = _paired_seed_arrays(a, b, ma[1], mb[1])
@@ -681,22 +720,23 @@ def _plots(ev: Evidence, out: Path, cells: dict, arms: list[str], noise: dict[st
     fig.savefig(out / "main.png", dpi=120)
     plt.close(fig)
     if noise:
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for d in noise["rows"]:
             by_method[d["method"]].append(d)
-        for method, ds in sorted(by_method.items()):
-            ds = [d for d in ds if d["ranker_accuracy"] is not None and d["task_gain"] is not None]
-            ds.sort(key=lambda d: d["ranker_accuracy"])
-            x = [100 * d["ranker_accuracy"] for d in ds]
-            y = [d["task_gain"][0] for d in ds]
-            yerr = np.array([[d["task_gain"][0] - d["task_gain"][1], d["task_gain"][2] - d["task_gain"][0]] for d in ds]).T
-            ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=f"{method} ({', '.join(str(d['seeds']) for d in ds)} seeds)")
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xlabel("ranker accuracy on training pairs (%)")
-        ax.set_ylabel("held-out task score gain over untrained (points)")
-        ax.set_title("How good must the feedback be?")
-        ax.legend(fontsize=8)
+        for ax, (key, what) in zip(axes, (("task_gain", "task score"), ("pair_gain", "pair accuracy"))):
+            for method, ds in sorted(by_method.items()):
+                ds = [d for d in ds if d["ranker_accuracy"] is not None and d[key] is not None]
+                ds.sort(key=lambda d: d["ranker_accuracy"])
+                x = [100 * d["ranker_accuracy"] for d in ds]
+                y = [d[key][0] for d in ds]
+                yerr = np.array([[d[key][0] - d[key][1], d[key][2] - d[key][0]] for d in ds]).T
+                ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=f"{method} ({', '.join(str(d['seeds']) for d in ds)} seeds)")
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xlabel("ranker accuracy on training pairs (%)")
+            ax.set_ylabel(f"held-out {what} gain over untrained (points)")
+            ax.set_title(f"How good must the feedback be? ({what})")
+            ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "noise.png", dpi=120)
         plt.close(fig)

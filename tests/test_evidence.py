@@ -85,6 +85,58 @@ def test_pair_accuracy_is_a_ratio_of_sums():
     assert e.value == pytest.approx(25.0) and e.lo == pytest.approx(25.0) and e.hi == pytest.approx(25.0)
 
 
+def test_pair_accuracy_is_paired_only_on_the_same_sets():
+    """Parts of a sweep run elsewhere: pair accuracies are compared only where every item holds the same strict pairs
+    in both arms and the recorded draws agree; a set that could not be drawn (no pairs) counts as holding none."""
+    from evaluation.evidence import same_pair_sets
+
+    meta = _meta(n_tasks=2, clusters_per_task=5, per_cluster=2)
+    n = len(meta)
+    boot = Bootstrap(meta, resamples=500, seed=0)
+    pairs = np.tile(np.array([1.0, 3.0]), n // 2)[None, :]
+
+    def arm(name: str, right: np.ndarray, pairs: np.ndarray, draw: str | None = None) -> Arm:
+        runs = [{"pairs_draw": {"heldout": draw}}] if draw else [{}]
+        return Arm(name, [None], {"heldout": np.zeros((1, n))}, {"heldout": right}, {"heldout": pairs},
+                   {"heldout": np.zeros((1, n))}, {"heldout": [[""] * n]}, runs)
+
+    base = arm("u", np.zeros((1, n)), pairs)
+    better = arm("t", pairs.copy(), pairs, draw="d1")  # every pair right
+    assert same_pair_sets(better, base, "heldout")
+    d = difference(boot, better, base, "heldout", "pairs", np.ones(n, bool))
+    assert d.value == pytest.approx(100.0)
+    other = pairs.copy()
+    other[0, 3] = 2.0  # one set drawn differently
+    assert not same_pair_sets(arm("o", np.zeros((1, n)), other), base, "heldout")
+    assert difference(boot, arm("o", np.zeros((1, n)), other), base, "heldout", "pairs", np.ones(n, bool)) is None
+    assert not same_pair_sets(better, arm("t2", pairs.copy(), pairs, draw="d2"), "heldout")  # another recorded draw
+    assert difference(boot, arm("t", pairs.copy(), pairs, draw="d1"), arm("t2", pairs.copy(), pairs, draw="d1"),
+                      "heldout", "pairs", np.ones(n, bool)).value == pytest.approx(0.0)
+
+
+def test_an_item_without_a_pair_set_holds_no_pairs(tmp_path):
+    """An exported run whose draw lacks one item (its samples were all empty) still has pair accuracy: that item
+    counts 0 pairs, as in a draw where it held only ties."""
+    import gzip
+
+    from evaluation.evidence import Evidence
+
+    d = tmp_path / "ev"
+    (d / "items").mkdir(parents=True)
+    meta = [{"id": f"i{k}", "benchmark": "b", "task": "t", "cluster": f"i{k}", "task_seen": True, "template_seen": True}
+            for k in range(3)]
+    rows = [{"id": "i0", "score": 1.0, "right": 1, "pairs": 2, "tied": 0}, {"id": "i1", "score": 0.0},
+            {"id": "i2", "score": 0.0, "right": 0, "pairs": 1, "tied": 5}]
+    for name, content in (("heldout.meta", meta), ("a.heldout", rows)):
+        with gzip.open(d / "items" / f"{name}.jsonl.gz", "wt") as f:
+            f.writelines(json.dumps(r) + "\n" for r in content)
+    (d / "runs.json").write_text(json.dumps({"sweep": "v", "runs": [
+        {"label": "a/s0", "arm": "a", "seed": 0, "search": False, "splits": {"heldout": {"file": "items/a.heldout.jsonl.gz"}}}]}))
+    arm = Evidence(d).arms["a"]
+    assert arm.pairs["heldout"].tolist() == [[2.0, 0.0, 1.0]] and arm.right["heldout"].tolist() == [[1.0, 0.0, 0.0]]
+    assert arm.tied["heldout"].tolist() == [[0.0, 0.0, 5.0]]
+
+
 def test_export_in_parts_keeps_the_earlier_runs_and_refuses_another_sweep(tmp_path):
     from evaluation.evidence import merge_export
     from tuna.errors import TunaError

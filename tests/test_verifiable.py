@@ -329,6 +329,58 @@ def test_verifiable_sweep_seeds_and_selection_end_to_end(shared_data, tmp_path):
         assert row in main, main
     assert "validation" in main and "held-out" in main
 
+    # the export commits the held-out pair sets; another part of the sweep, run in another folder, measures on that
+    # committed draw instead of drawing again, and gets the same pair outcomes for the same model
+    from evaluation.evidence import export_sweep
+
+    export_sweep(tmp_path / "runs", tmp_path / "ev")
+    draw = tmp_path / "ev/pairs/heldout.ranked.jsonl.gz"
+    runs = json.loads((tmp_path / "ev/runs.json").read_text())["runs"]
+    assert draw.exists() and len({r["pairs_draw"]["heldout"] for r in runs if "heldout" in r["splits"]}) == 1
+    base["verifiable"]["pairs_files"] = {"heldout": str(draw)}
+    (tmp_path / "base2.yaml").write_text(yaml.safe_dump(base))
+    part = {**sweep, "base": str(tmp_path / "base2.yaml"), "run_dir": str(tmp_path / "runs2"), "results_dir": str(tmp_path / "res2"),
+            "only": ["untrained"]}
+    (tmp_path / "part.yaml").write_text(yaml.safe_dump(part))
+    proc = subprocess.run([sys.executable, "-m", "tuna_recipes", "sweep", "--config", str(tmp_path / "part.yaml")],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    steps2 = json.loads((tmp_path / "runs2/untrained/s0/manifest.json").read_text())["steps"]
+    assert "sample_heldout_pairs" not in steps2 and "sample_val_pairs" in steps2
+    export_sweep(tmp_path / "runs2", tmp_path / "ev2")
+    got, want = (sorted((json.loads(x) for x in __import__("gzip").open(d / "items/untrained__s0.heldout.jsonl.gz", "rt")), key=lambda r: r["id"])
+                 for d in (tmp_path / "ev2", tmp_path / "ev"))
+    assert [(r["id"], r.get("right"), r.get("pairs")) for r in got] == [(r["id"], r.get("right"), r.get("pairs")) for r in want]
+    assert sum(r.get("pairs", 0) for r in got) > 0
+
+
+def test_a_committed_pair_draw_of_another_split_is_refused(splits, tmp_path):
+    from tuna.errors import TunaError
+    from tuna.records import write_records
+    from tuna_recipes.pipeline.run import PipelineRun
+
+    class Run:  # committed_pairs needs only the split files
+        def verifiable_splits(self):
+            return {"heldout": tmp_path / "heldout.jsonl"}
+
+    from tuna.records import Ranking
+
+    def ranked(recs):
+        recs = [r.model_copy(deep=True) for r in recs]  # the fixture's records stay as they are
+        for r in recs:
+            r.candidates = [Candidate(text="a", score=1.0), Candidate(text="b", score=0.0)]
+            r.ranking = Ranking(by="verifier", method="task")
+        return recs
+
+    write_records(tmp_path / "heldout.jsonl", splits["heldout"])
+    write_records(tmp_path / "draw.jsonl", ranked(splits["train"][:2]))
+    with pytest.raises(TunaError, match="2 sets are not heldout items"):
+        PipelineRun.committed_pairs(Run(), "heldout", str(tmp_path / "draw.jsonl"))
+    with pytest.raises(TunaError, match="pair sets of split heldout are missing"):
+        PipelineRun.committed_pairs(Run(), "heldout", str(tmp_path / "none.jsonl"))
+    write_records(tmp_path / "ok.jsonl", ranked(splits["heldout"][:3]))
+    assert PipelineRun.committed_pairs(Run(), "heldout", str(tmp_path / "ok.jsonl")) == tmp_path / "ok.jsonl"
+
 
 def test_skip_all_tied_drops_sets_without_a_ranking(smol_tokenizer, vicuna_ranked, tmp_path):
     from tuna.config import DataConfig

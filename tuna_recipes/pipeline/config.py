@@ -92,6 +92,10 @@ class VerifiableConfig(SplitSizes):
     pairs_seed: int = 0
     """Seeds the starting student's samples of the evaluated splits, which the verifier ranks for pair accuracy: one
     draw, the same for every run and training seed, so that pair accuracies are paired across runs."""
+    pairs_files: dict[str, str] = field(default_factory=dict)
+    """split -> a ranked file (.jsonl or .jsonl.gz) to measure pair accuracy on instead of drawing the starting
+    student's samples: parts of a sweep run in other folders or on other machines then share one committed draw
+    (`tuna evidence-export` writes it to results/<name>/pairs/). Its sets must all belong to that split."""
     flip: float = 0.0
     """Degrade the training ranker on purpose: any two candidates the verifier orders swap with this probability (0 to
     0.5; 0.5 is a random ranking; evaluation.verifiable.degrade_scores). Never applied to the evaluation pairs."""

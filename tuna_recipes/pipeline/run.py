@@ -178,6 +178,8 @@ class PipelineRun:
         from tuna.feedback.sampling import sample_candidates
 
         cfg, s, v = self.cfg, self.cfg.student_sampling, self.cfg.verifiable
+        if split in v.pairs_files:  # type: ignore[union-attr]
+            return self.committed_pairs(split, expand_data(v.pairs_files[split]))  # type: ignore[union-attr]
         src = InstructionSlice(path=str(self.verifiable_splits()[split]), offset=0, limit=None)
         key = config_hash([model_hash(cfg.student), asdict(s), asdict(src), v.pairs_seed, v.by])  # type: ignore[union-attr]
         d = self.shared / f"pairs-{key}"
@@ -190,6 +192,20 @@ class PipelineRun:
         self.man.run(f"rank_{split}_pairs", {"candidates": file_hash(cands), "by": v.by}, [ranked],  # type: ignore[union-attr]
                      lambda: rank(str(cands), str(ranked), by=v.by) and None, shared_marker=ranked.with_suffix(".done"))  # type: ignore[union-attr]
         return ranked
+
+    def committed_pairs(self, split: str, path: str) -> Path:
+        """A committed draw of ``split``'s pair sets (``verifiable.pairs_files``), checked to hold only that split's items."""
+        from tuna.records import read_records
+
+        f = Path(path)
+        if not f.exists():
+            raise TunaError(f"the committed pair sets of split {split} are missing: {f}", field=f"verifiable.pairs_files.{split}")
+        ids = {r.id for r in read_records(self.verifiable_splits()[split])}
+        stray = [r.id for r in read_records(f, kind="ranked") if r.id not in ids]
+        if stray:
+            raise TunaError(f"{len(stray)} sets are not {split} items (e.g. {stray[0]}): a draw of other splits or seeds",
+                            path=f, field=f"verifiable.pairs_files.{split}")
+        return f
 
     def reference_data(self, name: str, sc: StageConfig, start: str, ranked: Path) -> Path:
         """The starting model's log-probs of the ranked candidates (DPO, IPO), shared by the runs of a sweep."""
