@@ -9,8 +9,10 @@ setup:
 demo: setup
 	$(VENV)/bin/tuna demo
 
+# 2 workers, each running one test file at a time (TEST_WORKERS=0: one process; each worker needs about 3 GiB)
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 lint: setup
 	$(VENV)/bin/ruff check tuna tuna_recipes evaluation tests benchmarks

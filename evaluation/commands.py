@@ -281,7 +281,7 @@ def run_vicuna(job: VicunaJob) -> str:
     judgments = []
     for r, rep in zip(reqs, replies):
         scores = vicuna.parse_review(rep.text, strict=job.strict_parse) if rep.error is None else None
-        err = rep.error or (None if scores is not None else "unparseable first line")
+        err = rep.error or (None if scores is not None else vicuna.NO_VERDICT)
         judgments.append({"question_id": r["question_id"], "category": r["category"], "order": r["order"], "reviewer_id": r["reviewer_id"],
                           "scores": list(scores) if scores else None, "error": err, "review": rep.text, "cached": rep.cached})
     atomic_write_text(jd / "judgments.jsonl", "".join(json.dumps(j, ensure_ascii=False) + "\n" for j in judgments))

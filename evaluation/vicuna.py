@@ -180,6 +180,10 @@ def parse_review(review: str | None, *, strict: bool = False) -> tuple[float, fl
     return verdicts[-1] if verdicts else None
 
 
+NO_VERDICT = "no verdict in the review"
+"""A judgment's error when the review holds no score pair (strict: not on its first line; lenient: nowhere)."""
+
+
 # FastChat's reviewer asks for "score1 score2" on the first line, then an explanation. For a weak local judge
 # behind a llama.cpp server this grammar makes that first line always well formed (scores 1-10).
 SCORE_GRAMMAR = 'root ::= score " " score "\\n" [^\\n]*\nscore ::= "10" | [1-9]\n'

@@ -10,6 +10,21 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TUNA_PROGRESS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs 2 workers on 2 cores: one thread each for torch and llama.cpp (in the processes they start too),
+# or the workers' thread pools contend (llama.cpp's threads spin) and the run takes longer than with one worker
+TEST_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+if TEST_THREADS == 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# The files that take longest (minutes, measured on 2 cores) go first, so that the workers (--dist loadfile: a file
+# on one worker) finish together instead of one waiting on the last long file.
+LONGEST_FIRST = ("test_launch.py", "test_pipeline.py", "test_reliability.py", "test_cli.py", "test_train.py",
+                 "test_feedback_server.py", "test_verifiable.py", "test_objective_training.py", "test_attention.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: file order kept otherwise
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TUNA_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TEST_THREADS
 
 from tuna.importers import import_alpaca
 from tuna.records import Candidate, read_records, write_records
@@ -32,7 +33,7 @@ SIMPLE_TEMPLATE = REPO / "experiments/feedback/judge_simple.txt"
 def llama_server():
     from tuna.feedback.server import LlamaCppServer
 
-    srv = LlamaCppServer("smollm2-135m-instruct", n_ctx=2048, n_threads=2)
+    srv = LlamaCppServer("smollm2-135m-instruct", n_ctx=2048, n_threads=TEST_THREADS)
     srv.start()  # llama_cpp is installed (above): a server that does not start is a failure
     yield srv
     srv.stop()
@@ -56,7 +57,7 @@ def candidate_sets(shared_data, tmp_path_factory) -> Path:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "TUNA_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "TUNA_THREADS": "2", "OPENAI_API_KEY": "unused"}
+    return {**os.environ, "TUNA_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "TUNA_THREADS": str(TEST_THREADS), "OPENAI_API_KEY": "unused"}
 
 
 def test_server_completions_chat_n_logprobs(llama_server) -> None:
@@ -231,7 +232,7 @@ def test_real_server_sigkilled_mid_judge_is_restarted_once(candidate_sets, tmp_p
 
     recs = load_inputs(str(candidate_sets), fmt="tuna", min_candidates=2, limit=3)
     out, kills = tmp_path / "judged.jsonl", []
-    with LlamaCppServer("smollm2-135m-instruct", n_ctx=2048, n_threads=2) as srv:
+    with LlamaCppServer("smollm2-135m-instruct", n_ctx=2048, n_threads=TEST_THREADS) as srv:
         first = srv.pid
         killer = _kill_after_first_record(srv, out, 1, kills)
         judge_candidates(recs, str(out), _judge_cfg(srv, tmp_path / "cache"))
@@ -252,7 +253,7 @@ def test_real_server_killed_twice_stops_the_judge_naming_the_signal(candidate_se
 
     recs = load_inputs(str(candidate_sets), fmt="tuna", min_candidates=2)
     out, cache, kills = tmp_path / "judged.jsonl", tmp_path / "cache", []
-    with LlamaCppServer("smollm2-135m-instruct", n_ctx=2048, n_threads=2) as srv:
+    with LlamaCppServer("smollm2-135m-instruct", n_ctx=2048, n_threads=TEST_THREADS) as srv:
         killer = _kill_after_first_record(srv, out, 2, kills)
         with pytest.raises(EndpointDown) as err:
             judge_candidates(recs, str(out), _judge_cfg(srv, cache))

@@ -36,6 +36,7 @@ import pytest
 from fault_server import KINDS, TRANSPORT_KINDS, FaultServer
 from tb_logs import tb_scalars
 
+from evaluation.vicuna import NO_VERDICT
 from tuna.errors import TunaError
 from tuna_recipes.cli import main
 
@@ -303,8 +304,8 @@ def test_eval_vicuna_against_a_flaky_server(shared_data, tmp_path, key) -> None:
         assert all((r["scores"] is None) == (r["error"] is not None) for r in rows)
         m = json.loads(res_path.read_text())["metrics"]
         assert m["n"] == n and m["win"] + m["tie"] + m["lose"] + m["error"] == n
-        call_failed = Counter(f"q{r['question_id']}" for r in rows if r["error"] and r["error"] != "unparseable first line")
-        unparseable = [r for r in rows if r["error"] == "unparseable first line"]
+        call_failed = Counter(f"q{r['question_id']}" for r in rows if r["error"] and r["error"] != NO_VERDICT)
+        unparseable = [r for r in rows if r["error"] == NO_VERDICT]
         assert call_failed, "seed 5 gives failed calls"
         assert m["judge_ledger"]["failed"] == sum(call_failed.values())
 
@@ -899,11 +900,11 @@ def test_soak_eval_vicuna_all_questions_flaky(shared_data, tmp_path, key) -> Non
             rows = jsonl_state(res.parent / "judgments.jsonl")[0]
             assert len(rows) == 2 * n and len({(r["question_id"], r["order"]) for r in rows}) == 2 * n
             assert all((r["scores"] is None) == (r["error"] is not None) for r in rows)
-            if not any(r["error"] and r["error"] != "unparseable first line" for r in rows):
+            if not any(r["error"] and r["error"] != NO_VERDICT for r in rows):
                 break
     m = json.loads(res.read_text())["metrics"]
     assert m["n"] == n and m["win"] + m["tie"] + m["lose"] + m["error"] == n
-    assert all(r["error"] in (None, "unparseable first line") for r in rows)
+    assert all(r["error"] in (None, NO_VERDICT) for r in rows)
     record_figures("soak_eval_vicuna_flaky", questions=n, reviews=2 * n, fault_rate=0.3, faults_injected=dict(injected),
                    requests=requests, runs_completed=runs, judgments_lost=0,
                    unparseable_left=sum(1 for r in rows if r["error"]))
