@@ -89,9 +89,9 @@ def _split_file(run_dir: Path, split: str, base: Path) -> Path | None:
     return None
 
 
-def _pairs_draw(run_dir: Path, split: str, base: Path) -> Path | None:
-    """The ranked sets a run measured pair accuracy on (drawn by the run, or a committed draw it was given)."""
-    man = json.loads((run_dir / "manifest.json").read_text())
+def _pairs_draw(man: dict[str, Any], split: str, base: Path) -> Path | None:
+    """The ranked sets a run (its manifest) measured pair accuracy on (drawn by the run, or a committed draw it was
+    given)."""
     step = man["steps"].get(f"rank_{split}_pairs")
     if step and step.get("outputs"):
         return base / step["outputs"][0]
@@ -171,7 +171,7 @@ def export_sweep(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
             scores = {r["id"]: r["score"] for r in _read_jsonl(task[1] / "scores.jsonl")}
             pred_rows = {r["id"]: r for r in _read_jsonl(task[1] / "predictions.jsonl")}
             prow = {r["id"]: r for r in _read_jsonl(pairs[1] / "scores.jsonl")} if pairs else {}
-            draw = _pairs_draw(rd, split, base) if pairs else None
+            draw = _pairs_draw(man, split, base) if pairs else None
             if draw is not None and draw.exists():
                 entry.setdefault("pairs_draw", {})[split] = export_pairs_draw(draw, out / "pairs" / f"{split}.ranked.jsonl.gz")
             rows = []

@@ -59,21 +59,25 @@ def tiny_model(smol_tokenizer):
     return tiny_model(smol_tokenizer, seed=0)
 
 
-@pytest.fixture(scope="session")
-def vicuna_ranked(shared_data, tmp_path_factory) -> Path:
-    """16 real Vicuna questions, each with 4 real answers from different models, in file order as a ranking
-    (a stand-in ranking for mechanics tests; `tuna score`/`tuna judge` make real ones)."""
+def write_vicuna_ranked(shared_data: Path, path: Path, *, questions: int, answers: int) -> Path:
+    """The first real Vicuna questions, each with its first real answers (different models), in file order as a
+    ranking (a stand-in ranking for mechanics tests; `tuna score`/`tuna judge` make real ones)."""
     from tuna.importers import import_vicuna_answers
     from tuna.records import Ranking, write_records
 
     recs = import_vicuna_answers(shared_data / "vicuna_qa/old_eval_answers.jsonl.gz", shared_data / "vicuna_qa/question.jsonl")
     out = []
-    for r in recs[:16]:
-        r.candidates = r.candidates[:4]
+    for r in recs[:questions]:
+        r.candidates = r.candidates[:answers]
         for k, c in enumerate(r.candidates):
             c.score = -float(k)
         r.ranking = Ranking(by="import", method="file order")
         out.append(r)
-    path = tmp_path_factory.mktemp("data") / "vicuna_ranked.jsonl"
     write_records(path, out)
     return path
+
+
+@pytest.fixture(scope="session")
+def vicuna_ranked(shared_data, tmp_path_factory) -> Path:
+    """16 real Vicuna questions, each with 4 real answers, in file order as a ranking."""
+    return write_vicuna_ranked(shared_data, tmp_path_factory.mktemp("data") / "vicuna_ranked.jsonl", questions=16, answers=4)

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_vicuna_ranked
 
 from evaluation.vicuna import NO_VERDICT
 from tuna_recipes.cli import main
@@ -80,21 +81,10 @@ def runs(shared_data, tmp_path_factory):
     """Every case run once, in order, into one folder (the inputs of verifiable and pairs made as when recorded)."""
     import torch
 
-    from tuna.importers import import_vicuna_answers
-    from tuna.records import Ranking, write_records
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as recorded; 2 threads on 2 busy cores are slower for these tiny batches
     out = tmp_path_factory.mktemp("golden")
-    recs = import_vicuna_answers(shared_data / "vicuna_qa/old_eval_answers.jsonl.gz", shared_data / "vicuna_qa/question.jsonl")
-    ranked = []
-    for r in recs[:3]:
-        r.candidates = r.candidates[:3]
-        for k, c in enumerate(r.candidates):
-            c.score = -float(k)
-        r.ranking = Ranking(by="import", method="file order")
-        ranked.append(r)
-    write_records(out / "ranked.jsonl", ranked)
+    write_vicuna_ranked(shared_data, out / "ranked.jsonl", questions=3, answers=3)
     main(["verifiable-data", "--out_dir", str(out / "splits")])
     subs = [(str(out), "{out}"), (str(shared_data), "{data}")]
     got = {}
