@@ -17,6 +17,7 @@ from typing import Any
 
 from tuna.errors import TunaError
 from tuna.hashing import config_hash
+from tuna.machine_load import CpuMeter
 from tuna.records import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class Manifest:
         self.save()
         print(f"\n=== {name} ===", flush=True)
         t0 = time.time()
+        meter = CpuMeter()  # so that a step timed while other jobs shared the cores says so
         try:
             extra = fn() or {}
         except BaseException as e:
@@ -95,7 +97,7 @@ class Manifest:
             raise
         wall = time.time() - t0
         self.data["steps"][name].update({"status": "done", "wall_s": round(wall, 1),
-                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra})
+                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine_load": meter.reading(), **extra})
         self.save()
         if shared_marker is not None and self.writer:
             atomic_write_text(shared_marker, key)
